@@ -1,0 +1,315 @@
+/// @file 01-sysv/reader.cpp
+/// @brief Chapter 01 reader: finds the writer's System V segment and semaphore set by key,
+///        claims the segment, and copies every block it is handed to standard output.
+///
+/// Usage: `reader [--name PATH] [--timeout SECONDS] [--quiet]`
+///
+/// Run it with its companion, `writer`, in another terminal (either may start first):
+///
+///     terminal 1: build/01-sysv/writer "hello, shared memory"
+///     terminal 2: build/01-sysv/reader
+///
+/// The calls it teaches, in order: `ftok(3)` on the same path gives the same key; `semget(2)`
+/// and `shmget(2)` with no `IPC_CREAT` find the writer's objects; `semctl(IPC_STAT)` tells an
+/// initialised set (`sem_otime` set) from a half-made one; `shmctl(IPC_STAT)` gives the real size
+/// of the segment, which the header is checked against; `shmat(2)` with `SHM_RDONLY` maps it
+/// read-only; one `semop(2)` claims the segment and takes the "reader alive" token together;
+/// `semtimedop(2)` waits for each block, in one-second slices that notice a dead writer; and if
+/// the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it left.
+#include <cerrno>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include <sys/ipc.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <unistd.h>
+
+#include "error.hpp"
+#include "layout.hpp"
+#include "narrate.hpp"
+#include "options.hpp"
+#include "owners.hpp"
+#include "semaphores.hpp"
+#include "wait.hpp"
+
+using namespace shmtut;
+
+namespace {
+
+const char* const kUsage = R"(Usage: reader [OPTIONS]
+
+Chapter 01, System V shared memory. Finds the segment and the semaphore set that the
+writer created under the key ftok(PATH), claims the segment (one reader per writer),
+and writes every byte the writer sends to standard output. Waits for a writer that has
+not started yet, up to the timeout.
+
+Options:
+  --name PATH        the writer's key file (default /tmp/shm-tutorial-01.key)
+  --timeout SECONDS  how long to wait for the writer to appear (default 60); once the
+                     stream runs, the reader waits as long as the writer lives
+  --quiet            no narration on standard error
+  --help             show this help
+
+Exit status: 0 the whole stream arrived; 1 a runtime failure (no writer, a refused
+header, another reader, the writer died); 2 a usage error.
+)";
+
+const char* const kStartWriter = "is the writer running? start it first";
+
+/// What the reader knows of the writer's objects, as it finds them.
+struct WriterObjects {
+    std::string key_file;
+    key_t key = -1;
+    int semid = -1;
+    int shmid = -1;
+    std::optional<std::uint32_t> flags; ///< the header's flags, once validated
+};
+
+/// Reads the header flags of a segment the reader has not attached, to learn whether the dead
+/// writer had created the key file. Anything unexpected: no flags.
+std::optional<std::uint32_t> peek_flags(int shmid) {
+    shmid_ds info{};
+    if (::shmctl(shmid, IPC_STAT, &info) == -1 || info.shm_segsz < kHeaderSize)
+        return std::nullopt;
+    void* base = ::shmat(shmid, nullptr, SHM_RDONLY);
+    if (base == reinterpret_cast<void*>(-1))
+        return std::nullopt;
+    ShmAttachment attachment(base);
+    HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
+    if (header.magic != kHeaderMagic)
+        return std::nullopt;
+    return header.flags;
+}
+
+/// The writer died: it cannot remove its objects any more, so the reader does, and says so.
+[[noreturn]] void writer_died(WriterObjects& writer, const char* when, const Narrator& say) {
+    int writer_pid = ::semctl(writer.semid, sysv::kWriterAlive, GETPID);
+    say.say("the writer (pid %d) is gone: semaphore 0 'writer alive' is 0; removing what it left", writer_pid);
+    if (writer.shmid == -1)
+        writer.shmid = ::shmget(writer.key, 0, 0);
+    if (writer.shmid != -1) {
+        if (!writer.flags)
+            writer.flags = peek_flags(writer.shmid);
+        if (::shmctl(writer.shmid, IPC_RMID, nullptr) == 0)
+            say.say("shmctl(shmid=%d, IPC_RMID) = 0", writer.shmid);
+    }
+    if (::semctl(writer.semid, 0, IPC_RMID) == 0)
+        say.say("semctl(semid=%d, 0, IPC_RMID) = 0", writer.semid);
+    // Remove the key file only if the writer made it, and only if the path still names it.
+    if (writer.flags && (*writer.flags & sysv::kFlagWriterCreatedKeyFile) != 0 &&
+        ::ftok(writer.key_file.c_str(), sysv::kProjectId) == writer.key && ::unlink(writer.key_file.c_str()) == 0)
+        say.say("unlink(\"%s\") = 0", writer.key_file.c_str());
+    throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when +
+                  "; removed the segment and the semaphore set it left");
+}
+
+/// Says once that the reader is waiting, the first time something is not there yet.
+void narrate_waiting(bool& said, const Deadline& deadline, const Narrator& say) {
+    if (!said)
+        say.say("waiting up to %s for a writer: start build/01-sysv/writer", seconds_text(deadline.seconds()).c_str());
+    said = true;
+}
+
+/// Finds the writer's key, semaphore set and segment, waiting (bounded) for each to appear.
+WriterObjects find_writer(const Options& options, const Deadline& deadline, const Narrator& say) {
+    WriterObjects writer;
+    writer.key_file = options.name;
+    bool said_waiting = false;
+    std::string hint = std::string("nothing appeared within ") + seconds_text(deadline.seconds()) + ": " + kStartWriter;
+
+    // 1. The key: the writer creates the key file if it is missing, so wait for it.
+    while ((writer.key = ::ftok(options.name.c_str(), sysv::kProjectId)) == -1) {
+        if (errno != ENOENT)
+            throw_errno("ftok(\"" + options.name + "\")");
+        if (deadline.expired())
+            throw_error(ENOENT, "ftok(\"" + options.name + "\")", hint);
+        narrate_waiting(said_waiting, deadline, say);
+        pause_briefly();
+        throw_if_stopped();
+    }
+    say.say("ftok(\"%s\", '%c') = %s", options.name.c_str(), sysv::kProjectId, sysv::key_text(writer.key).c_str());
+
+    // 2. The semaphore set, initialised: semget() succeeds as soon as the writer created it,
+    //    before SETALL; the writer's first semop() sets sem_otime, so sem_otime != 0 means ready.
+    for (;;) {
+        writer.semid = ::semget(writer.key, 0, 0);
+        if (writer.semid == -1 && errno != ENOENT)
+            throw_errno("semget(key=" + sysv::key_text(writer.key) + ", 0, 0)");
+        if (writer.semid != -1) {
+            semid_ds info{};
+            sysv::semun arg{};
+            arg.buf = &info;
+            if (::semctl(writer.semid, 0, IPC_STAT, arg) == -1)
+                throw_errno("semctl(semid=" + std::to_string(writer.semid) + ", IPC_STAT)");
+            if (info.sem_otime != 0)
+                break;
+        }
+        if (deadline.expired())
+            throw_error(ENOENT, "semget(key=" + sysv::key_text(writer.key) + ")", hint);
+        narrate_waiting(said_waiting, deadline, say);
+        pause_briefly();
+        throw_if_stopped();
+    }
+    say.say("semget(key=%s, 0, 0) = %d (initialised: sem_otime is set)", sysv::key_text(writer.key).c_str(),
+            writer.semid);
+
+    // 3. The segment. While it is missing, the set says why: a dead writer, or a segment already
+    //    claimed (the writer marks it for removal once a reader attaches, which hides its key).
+    for (;;) {
+        if (sysv::semaphore_value(writer.semid, sysv::kWriterAlive) == 0)
+            writer_died(writer, "before the stream started", say);
+        if (sysv::semaphore_value(writer.semid, sysv::kReaderSlot) == 0)
+            throw Failure("another reader (pid " + std::to_string(::semctl(writer.semid, sysv::kReaderAlive, GETPID)) +
+                          ") has already claimed this writer's segment: one writer serves one reader");
+        writer.shmid = ::shmget(writer.key, 0, 0);
+        if (writer.shmid != -1)
+            break;
+        if (errno != ENOENT)
+            throw_errno("shmget(key=" + sysv::key_text(writer.key) + ", 0, 0)");
+        if (deadline.expired())
+            throw_error(ENOENT, "shmget(key=" + sysv::key_text(writer.key) + ")", hint);
+        narrate_waiting(said_waiting, deadline, say);
+        pause_briefly();
+        throw_if_stopped();
+    }
+    say.say("shmget(key=%s, 0, 0) = %d", sysv::key_text(writer.key).c_str(), writer.shmid);
+    return writer;
+}
+
+/// Attaches read-only and validates a local copy of the header against the segment's real size,
+/// which comes from the kernel (IPC_STAT), never from the header.
+ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadline, std::uint64_t& capacity,
+                                  const Narrator& say) {
+    shmid_ds info{};
+    if (::shmctl(writer.shmid, IPC_STAT, &info) == -1)
+        throw_errno("shmctl(shmid=" + std::to_string(writer.shmid) + ", IPC_STAT)");
+    say.say("shmctl(shmid=%d, IPC_STAT) = 0: size=%zu nattch=%lu cpid=%d mode=0%o", writer.shmid,
+            static_cast<std::size_t>(info.shm_segsz), static_cast<unsigned long>(info.shm_nattch), info.shm_cpid,
+            info.shm_perm.mode & 0777u);
+    if (info.shm_perm.cuid != ::geteuid())
+        throw Failure("segment " + std::to_string(writer.shmid) + " was created by uid " +
+                      std::to_string(info.shm_perm.cuid) + ", not by this user: refusing it");
+
+    // SHM_RDONLY: this reader never writes the segment, so it maps it without write access.
+    void* base = ::shmat(writer.shmid, nullptr, SHM_RDONLY);
+    if (base == reinterpret_cast<void*>(-1))
+        throw_errno("shmat(shmid=" + std::to_string(writer.shmid) + ", SHM_RDONLY)");
+    ShmAttachment attachment(base);
+    say.say("shmat(shmid=%d, NULL, SHM_RDONLY) = %p", writer.shmid, base);
+
+    const auto& header = *static_cast<const SharedHeader*>(base);
+    if (info.shm_segsz < kHeaderSize)
+        throw LayoutError("segment refused: " + std::to_string(info.shm_segsz) + " bytes, smaller than the header");
+    while (!header_ready(header)) { // the writer stores the magic last
+        if (sysv::semaphore_value(writer.semid, sysv::kWriterAlive) == 0)
+            writer_died(writer, "before it published the header", say);
+        if (deadline.expired())
+            throw Failure("the writer did not publish the segment's header within " + seconds_text(deadline.seconds()));
+        pause_briefly();
+        throw_if_stopped();
+    }
+    HeaderSnapshot snapshot = take_snapshot(header); // one copy; validated, then used
+    validate_header(snapshot, info.shm_segsz);
+    capacity = snapshot.data_capacity;
+    writer.flags = snapshot.flags;
+    say.say("header valid: magic=0x%08x version=%u data_capacity=%llu writer_pid=%u", snapshot.magic,
+            snapshot.version, static_cast<unsigned long long>(capacity), snapshot.writer_pid);
+    return attachment;
+}
+
+/// Claims the segment and takes the "reader alive" token in one atomic semop(): both happen or
+/// neither does. IPC_NOWAIT: a slot already taken means another reader, not something to wait for.
+void claim(const WriterObjects& writer, const Narrator& say) {
+    sembuf ops[2] = {{sysv::kReaderSlot, -1, IPC_NOWAIT}, {sysv::kReaderAlive, +1, SEM_UNDO}};
+    if (::semop(writer.semid, ops, 2) == -1) {
+        if (errno == EAGAIN)
+            throw Failure("another reader (pid " + std::to_string(::semctl(writer.semid, sysv::kReaderAlive, GETPID)) +
+                          ") has already claimed this writer's segment: one writer serves one reader");
+        throw_errno("semop(semid=" + std::to_string(writer.semid) + ", claim)");
+    }
+    say.say("semop(semid=%d, {sem 1 'reader slot' -1, IPC_NOWAIT}, {sem 2 'reader alive' +1, SEM_UNDO}) = 0: "
+            "claimed",
+            writer.semid);
+}
+
+/// Writes all `length` bytes to stdout. EPIPE (a closed pipe; SIGPIPE is ignored) is an error
+/// the program reports and cleans up after.
+void write_all(const std::uint8_t* bytes, std::uint64_t length) {
+    while (length > 0) {
+        ssize_t n = ::write(STDOUT_FILENO, bytes, length);
+        if (n == -1) {
+            if (errno == EINTR) {
+                throw_if_stopped();
+                continue;
+            }
+            throw_errno("write(stdout)", errno == EPIPE ? "the program reading the output stopped" : "");
+        }
+        bytes += n;
+        length -= static_cast<std::uint64_t>(n);
+    }
+}
+
+/// The hand-off: wait for "block ready", copy a local snapshot of the block header, validate it,
+/// write the bytes out, post "block free". The block after the last one is empty and marks the
+/// end; posting "block free" for it is the confirmation the writer waits for.
+void copy_stream(WriterObjects& writer, const ShmAttachment& segment, std::uint64_t capacity, const Narrator& say) {
+    const auto& header = *static_cast<const SharedHeader*>(segment.get());
+    const std::uint8_t* data = data_area(segment.get());
+    std::uint64_t total = 0;
+    for (std::uint64_t expected = 1;; ++expected) {
+        if (sysv::take_unit(writer.semid, sysv::kBlockReady, sysv::kWriterAlive, nullptr) != sysv::Taken::kYes)
+            writer_died(writer, "before the end of the stream", say);
+        HeaderSnapshot block = take_snapshot(header);
+        validate_block(block, capacity, expected);
+        write_all(data, block.block_length);
+        total += block.block_length;
+        sembuf block_free{sysv::kBlockFree, +1, 0};
+        if (::semop(writer.semid, &block_free, 1) == -1)
+            throw_errno("semop(semid=" + std::to_string(writer.semid) + ", {sem 4 'block free' +1})");
+        if (expected == 1)
+            say.say("semtimedop(semid=%d, {sem 3 'block ready' -1}) = 0: block 1, %llu bytes (further blocks "
+                    "quietly)",
+                    writer.semid, static_cast<unsigned long long>(block.block_length));
+        if (block.end_of_stream != 0) {
+            say.say("end of stream: %llu bytes in %llu block(s); confirmed with semop(semid=%d, {sem 4 'block free' "
+                    "+1})",
+                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(expected - 1),
+                    writer.semid);
+            return;
+        }
+    }
+}
+
+int run(const Options& options) {
+    Narrator say("reader", options.quiet);
+    install_stop_handlers();
+    Deadline deadline(options.timeout_seconds);
+
+    WriterObjects writer = find_writer(options, deadline, say);
+    std::uint64_t capacity = 0;
+    ShmAttachment segment = attach_and_validate(writer, deadline, capacity, say);
+    claim(writer, say);
+    copy_stream(writer, segment, capacity, say);
+
+    // Detach. The writer marked the segment for removal when we claimed it, so this detach (or
+    // the writer's, whichever is last) frees the memory. The semaphores are the writer's to remove.
+    void* base = segment.release();
+    if (::shmdt(base) == -1)
+        throw_errno("shmdt");
+    say.say("shmdt(%p) = 0", base);
+    return kExitSuccess;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    return run_main("reader", [&] {
+        OptionSpec spec;
+        spec.usage = kUsage;
+        spec.default_name = sysv::kDefaultKeyPath;
+        Options options = parse_options(argc, argv, spec);
+        return options.help ? kExitSuccess : run(options);
+    });
+}

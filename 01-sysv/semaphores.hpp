@@ -1,0 +1,107 @@
+/// @file 01-sysv/semaphores.hpp
+/// @brief Chapter 01: what the writer and the reader agree on (the key, the semaphore set's
+///        layout) and the one wait both of them make.
+///
+/// The writer and the reader find the same System V objects through one key, made by
+/// `ftok(3)` from the `--name` path and kProjectId. Under that key live two objects in two
+/// separate namespaces: the segment (`shmget`) and a set of five semaphores (`semget`):
+///
+/// | # | semaphore     | starts | who changes it | `SEM_UNDO` | meaning |
+/// |---|---------------|--------|----------------|------------|---------|
+/// | 0 | kWriterAlive  | 0      | writer +1 once | yes        | 1 while the writer lives: the kernel undoes the +1 when it exits or is killed |
+/// | 1 | kReaderSlot   | 1      | reader -1 once | no         | 0 once a reader has claimed the segment: a second reader finds it taken |
+/// | 2 | kReaderAlive  | 0      | reader +1 once | yes        | 1 while the claiming reader lives |
+/// | 3 | kBlockReady   | 0      | writer +1, reader -1 | no   | a block is in the data area |
+/// | 4 | kBlockFree    | 1      | reader +1, writer -1 | no   | the data area may be refilled (after the end of the stream: the reader's confirmation) |
+///
+/// `SEM_UNDO` only on the lifetime tokens: undo values add up per process (`semadj`, at most
+/// 32767, so a writer that posted every block with it would fail with ERANGE after about 2 GiB
+/// of 64 KiB blocks), and they are applied at exit, which would take back the writer's last
+/// post before the reader had read it.
+#pragma once
+
+#include <cerrno>
+#include <string>
+
+#include <sys/sem.h>
+
+#include "error.hpp"
+#include "wait.hpp"
+
+namespace sysv {
+
+/// The default `--name`: the path `ftok` turns into a key. The writer creates it if needed.
+inline constexpr const char* kDefaultKeyPath = "/tmp/shm-tutorial-01.key";
+/// `ftok`'s project id: only its low 8 bits count.
+inline constexpr int kProjectId = 'S';
+
+/// The semaphores of the set, by number.
+enum Semaphore : unsigned short {
+    kWriterAlive = 0,
+    kReaderSlot = 1,
+    kReaderAlive = 2,
+    kBlockReady = 3,
+    kBlockFree = 4,
+    kSemaphoreCount = 5
+};
+
+/// Header flag (shmtut::SharedHeader::flags): the writer created the key file, so whoever
+/// removes the writer's objects removes the key file too.
+inline constexpr unsigned kFlagWriterCreatedKeyFile = 1u;
+
+/// The `semun` argument of `semctl(2)`, which the program must define itself.
+union semun {
+    int val;
+    semid_ds* buf;
+    unsigned short* array;
+};
+
+/// The value of one semaphore (`semctl(GETVAL)`).
+inline int semaphore_value(int semid, unsigned short semaphore) {
+    int value = ::semctl(semid, semaphore, GETVAL);
+    if (value == -1)
+        shmtut::throw_errno("semctl(semid=" + std::to_string(semid) + ", " + std::to_string(semaphore) + ", GETVAL)");
+    return value;
+}
+
+/// How take_unit() ended.
+enum class Taken { kYes, kPeerGone, kTimedOut };
+
+/// Takes one unit of `semaphore` (`sem_op = -1`), waiting as long as the peer lives.
+///
+/// `semtimedop(2)` bounds each wait to one second (it then fails with EAGAIN); between slices
+/// the peer's lifetime token `peer_alive` is read, so a peer that died, even one that was idle,
+/// ends the wait within about a second. A `deadline` (may be null) bounds the whole wait.
+/// SIGINT/SIGTERM interrupt `semtimedop` with EINTR and throw Interrupted.
+inline Taken take_unit(int semid, unsigned short semaphore, unsigned short peer_alive,
+                       const shmtut::Deadline* deadline) {
+    for (;;) {
+        shmtut::throw_if_stopped();
+        timespec slice = deadline != nullptr ? deadline->slice(shmtut::kLivenessInterval)
+                                             : shmtut::to_timespec(shmtut::kLivenessInterval);
+        sembuf take{semaphore, -1, 0};
+        if (::semtimedop(semid, &take, 1, &slice) == 0)
+            return Taken::kYes;
+        if (errno == EIDRM || errno == EINVAL)
+            throw shmtut::Failure("the semaphore set was removed while waiting: the peer stopped, or someone ran ipcrm");
+        if (errno != EAGAIN && errno != EINTR)
+            shmtut::throw_errno("semtimedop(semid=" + std::to_string(semid) + ", sem " + std::to_string(semaphore) + ", -1)");
+        if (semaphore_value(semid, peer_alive) == 0) {
+            // The peer may have posted and then exited between our slice and this look: take
+            // what it left before calling it gone.
+            sembuf last_look{semaphore, -1, IPC_NOWAIT};
+            return ::semop(semid, &last_look, 1) == 0 ? Taken::kYes : Taken::kPeerGone;
+        }
+        if (deadline != nullptr && deadline->expired())
+            return Taken::kTimedOut;
+    }
+}
+
+/// A key as `ipcs` and `ipcrm` show it.
+inline std::string key_text(key_t key) {
+    char text[16];
+    std::snprintf(text, sizeof text, "0x%08x", static_cast<unsigned>(key));
+    return text;
+}
+
+} // namespace sysv

@@ -1,0 +1,54 @@
+# Linux shared memory, one chapter per technique. `make help` lists the targets.
+#
+#   make            build every chapter's writer and reader into build/
+#   make run        run every chapter's demo pair, in order
+#   make test       build and run the tests (installs Debian's catch2 when missing)
+#
+# Options: WERROR=1 turns warnings into errors (CI does); TESTS='[01]' runs only matching tests.
+
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+
+include mk/rules.mk
+include 01-sysv/Module.mk
+include tests/Module.mk
+
+BINARIES := $(call program_binaries)
+$(foreach program,$(PROGRAMS),$(eval $(call link_program,$(program))))
+
+.PHONY: all run $(CHAPTERS:%=run-%) run-01 test check docs clean help
+
+all: $(BINARIES) ## build every chapter's programs into build/
+
+run: $(BINARIES) ## run every chapter's demo pair in order; a chapter that exits 77 is skipped
+	@scripts/run-demos $(BUILD) $(CHAPTERS)
+
+run-01: $(filter $(BUILD)/01-sysv/%,$(BINARIES)) ## run chapter 01's pair: System V shared memory
+	@scripts/run-demos $(BUILD) 01-sysv
+
+test: ## build and run the tests; the last line says "N passed, N failed"
+	@scripts/ensure-packages "Catch2 is the test framework of make test" catch2
+	@$(MAKE) --no-print-directory $(BINARIES) $(TEST_RUNNER)
+	@scripts/run-tests $(TEST_RUNNER) $(TESTS)
+
+check: ## the same tests built with AddressSanitizer and UBSan into build/check
+	@scripts/ensure-packages "Catch2 is the test framework of make check" catch2
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/check SANITIZE=1 test-binaries-check
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		scripts/run-tests $(BUILD)/check/tests/run-tests $(TESTS)
+
+.PHONY: test-binaries-check
+test-binaries-check: $(BINARIES) $(TEST_RUNNER)
+
+docs: ## build the documentation site into build/docs/html (warnings are errors)
+	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site" doxygen graphviz
+	@mkdir -p $(BUILD)/docs
+	doxygen docs/Doxyfile
+
+clean: ## remove build/
+	rm -rf $(BUILD)
+
+help: ## list the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 20
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

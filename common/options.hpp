@@ -1,0 +1,51 @@
+/// @file options.hpp
+/// @brief Parsing of the options every chapter program shares.
+///
+/// Every pair accepts the same options so that the notes, the tests and a learner can rely on
+/// them: `--timeout SECONDS` (default 60: time for a person to switch terminals), `--quiet`,
+/// `--help`; named techniques add `--name NAME`, and where there is a named object to keep or
+/// replace, `--keep` and `--force`. A chapter adds its own options through OptionSpec::extra.
+/// Both `--opt VALUE` and `--opt=VALUE` are accepted; `--` ends the options. Any mistake throws
+/// UsageError (exit status 2).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace shmtut {
+
+/// One chapter-specific option.
+struct ExtraOption {
+    std::string name;      ///< with the dashes: "--fd"
+    bool takes_value;      ///< true: `--fd 3`; false: a flag
+    std::function<void(const std::string& value)> apply; ///< throws UsageError on a bad value
+};
+
+/// What a program accepts, and its `--help` text.
+struct OptionSpec {
+    const char* usage = "";       ///< printed by --help, to stdout
+    const char* default_name = nullptr; ///< non-null: `--name` is accepted, with this default
+    bool keep_and_force = false;  ///< `--keep` and `--force` are accepted
+    bool operands = false;        ///< MESSAGE... operands are accepted
+    std::vector<ExtraOption> extra; ///< the chapter's own options
+};
+
+/// The shared options after parsing.
+struct Options {
+    std::string name;                  ///< `--name`, or the chapter's default
+    double timeout_seconds = 60.0;     ///< `--timeout`: bound of every wait for the peer
+    bool quiet = false;                ///< `--quiet`: no narration
+    bool keep = false;                 ///< `--keep`: leave the named object after the run
+    bool force = false;                ///< `--force`: replace a stale named object
+    bool help = false;                 ///< `--help` was given and the usage was printed
+    std::vector<std::string> operands; ///< the MESSAGE operands
+};
+
+/// Parses argv by `spec`. On `--help` prints `spec.usage` to stdout and returns with `help` set.
+Options parse_options(int argc, char** argv, const OptionSpec& spec);
+
+/// Parses a `--timeout` value: a decimal number of seconds, greater than 0 and at most one day.
+double parse_seconds(const std::string& option, const std::string& text);
+
+} // namespace shmtut
