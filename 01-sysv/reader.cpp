@@ -18,7 +18,6 @@
 /// the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it left.
 #include <cerrno>
 #include <cstdio>
-#include <optional>
 #include <string>
 
 #include <sys/ipc.h>
@@ -31,7 +30,7 @@
 #include "narrate.hpp"
 #include "options.hpp"
 #include "owners.hpp"
-#include "semaphores.hpp"
+#include "protocol.hpp"
 #include "wait.hpp"
 
 using namespace shmtut;
@@ -64,24 +63,7 @@ struct WriterObjects {
     key_t key = -1;
     int semid = -1;
     int shmid = -1;
-    std::optional<std::uint32_t> flags; ///< the header's flags, once validated
 };
-
-/// Reads the header flags of a segment the reader has not attached, to learn whether the dead
-/// writer had created the key file. Anything unexpected: no flags.
-std::optional<std::uint32_t> peek_flags(int shmid) {
-    shmid_ds info{};
-    if (::shmctl(shmid, IPC_STAT, &info) == -1 || info.shm_segsz < kHeaderSize)
-        return std::nullopt;
-    void* base = ::shmat(shmid, nullptr, SHM_RDONLY);
-    if (base == reinterpret_cast<void*>(-1))
-        return std::nullopt;
-    ShmAttachment attachment(base);
-    HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
-    if (header.magic != kHeaderMagic)
-        return std::nullopt;
-    return header.flags;
-}
 
 /// The writer died: it cannot remove its objects any more, so the reader does, and says so.
 [[noreturn]] void writer_died(WriterObjects& writer, const char* when, const Narrator& say) {
@@ -89,17 +71,12 @@ std::optional<std::uint32_t> peek_flags(int shmid) {
     say.say("the writer (pid %d) is gone: semaphore 0 'writer alive' is 0; removing what it left", writer_pid);
     if (writer.shmid == -1)
         writer.shmid = ::shmget(writer.key, 0, 0);
-    if (writer.shmid != -1) {
-        if (!writer.flags)
-            writer.flags = peek_flags(writer.shmid);
-        if (::shmctl(writer.shmid, IPC_RMID, nullptr) == 0)
-            say.say("shmctl(shmid=%d, IPC_RMID) = 0", writer.shmid);
-    }
+    if (writer.shmid != -1 && ::shmctl(writer.shmid, IPC_RMID, nullptr) == 0)
+        say.say("shmctl(shmid=%d, IPC_RMID) = 0", writer.shmid);
     if (::semctl(writer.semid, 0, IPC_RMID) == 0)
         say.say("semctl(semid=%d, 0, IPC_RMID) = 0", writer.semid);
-    // Remove the key file only if the writer made it, and only if the path still names it.
-    if (writer.flags && (*writer.flags & sysv::kFlagWriterCreatedKeyFile) != 0 &&
-        ::ftok(writer.key_file.c_str(), sysv::kProjectId) == writer.key && ::unlink(writer.key_file.c_str()) == 0)
+    // Remove the key file only if a writer made it (it holds the marker), never a file of the user's.
+    if (sysv::is_writer_key_file(writer.key_file) && ::unlink(writer.key_file.c_str()) == 0)
         say.say("unlink(\"%s\") = 0", writer.key_file.c_str());
     throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when +
                   "; removed the segment and the semaphore set it left");
@@ -213,7 +190,6 @@ ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadlin
     HeaderSnapshot snapshot = take_snapshot(header); // one copy; validated, then used
     validate_header(snapshot, info.shm_segsz);
     capacity = snapshot.data_capacity;
-    writer.flags = snapshot.flags;
     say.say("header valid: magic=0x%08x version=%u data_capacity=%llu writer_pid=%u", snapshot.magic,
             snapshot.version, static_cast<unsigned long long>(capacity), snapshot.writer_pid);
     return attachment;

@@ -34,7 +34,7 @@
 #include "narrate.hpp"
 #include "options.hpp"
 #include "owners.hpp"
-#include "semaphores.hpp"
+#include "protocol.hpp"
 #include "wait.hpp"
 
 using namespace shmtut;
@@ -90,13 +90,17 @@ struct Created {
 };
 
 /// ftok(3) needs an existing file: it builds the key from the file's inode and device numbers
-/// and the project id, so every process naming the same file gets the same key.
+/// and the project id, so every process naming the same file gets the same key. A key file this
+/// writer creates is removed at the end (see also adopt_stale_key_file()).
 key_t make_key(const Options& options, Created& created, const Narrator& say) {
     const std::string& path = options.name;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd != -1) {
-        ::close(fd);
         created.key_file = path;
+        ssize_t written = ::write(fd, sysv::kKeyFileMarker.data(), sysv::kKeyFileMarker.size());
+        ::close(fd);
+        if (written != static_cast<ssize_t>(sysv::kKeyFileMarker.size()))
+            throw_errno("write(\"" + path + "\")");
         say.say("open(\"%s\", O_CREAT|O_EXCL, 0600) = created the key file", path.c_str());
     } else if (errno != EEXIST) {
         throw_errno("open(\"" + path + "\", O_CREAT|O_EXCL)", "--name must be a path this user can create or read");
@@ -156,6 +160,14 @@ int create_semaphores(key_t key, bool force, Created& created, const Narrator& s
     return semid;
 }
 
+/// A key file a crashed writer left (it holds the marker) becomes ours to remove, but only once
+/// our objects live under its key: a writer that fails because old objects still use the key
+/// must leave the file, or the key of those objects could not be found again.
+void adopt_stale_key_file(const Options& options, Created& created) {
+    if (created.key_file.empty() && sysv::is_writer_key_file(options.name))
+        created.key_file = options.name;
+}
+
 /// Creates the segment the reader looks for, attaches it and publishes an empty header.
 ShmAttachment create_segment(key_t key, bool force, Created& created, const Narrator& say) {
     const std::size_t size = kHeaderSize + kDefaultDataCapacity;
@@ -178,8 +190,7 @@ ShmAttachment create_segment(key_t key, bool force, Created& created, const Narr
     // A new segment is zero-filled, so the header reads "not ready" until publish_header()
     // stores the magic, last, with release ordering.
     SharedHeader* header = construct_header(base);
-    unsigned flags = created.key_file.empty() ? 0 : sysv::kFlagWriterCreatedKeyFile;
-    publish_header(*header, kDefaultDataCapacity, static_cast<std::uint32_t>(::getpid()), flags);
+    publish_header(*header, kDefaultDataCapacity, static_cast<std::uint32_t>(::getpid()), 0);
     say.say("header published: magic=0x%08x version=%u data_capacity=%zu", kHeaderMagic, kLayoutVersion,
             kDefaultDataCapacity);
     return attachment;
@@ -336,6 +347,7 @@ int run(const Options& options) {
     key_t key = make_key(options, created, say);
     int semid = create_semaphores(key, options.force, created, say);
     ShmAttachment segment = create_segment(key, options.force, created, say);
+    adopt_stale_key_file(options, created);
     auto& header = *static_cast<SharedHeader*>(segment.get());
     Input input(options);
 

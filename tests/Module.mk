@@ -7,4 +7,7 @@ TEST_RUNNER := $(BUILD)/tests/run-tests
 $(TEST_SOURCES:%.cpp=$(BUILD)/%.o): CPPFLAGS += -DSHMTUT_BUILD_DIR='"$(abspath $(BUILD))"'
 
 $(TEST_RUNNER): $(TEST_SOURCES:%.cpp=$(BUILD)/%.o) $(COMMON_LIBRARY)
-	$(CXX) $(LDFLAGS) $^ -lCatch2WithMain -o $@
+	$(CXX) $(LDFLAGS) $^ $(CATCH2_LIBS) -o $@
+
+# Catch2 v3 splits the main from the library; v2 (Debian 12) ships one library with the main.
+CATCH2_LIBS ?= $(if $(wildcard /usr/include/catch2/catch_all.hpp),-lCatch2Main -lCatch2,-lCatch2WithMain)

@@ -1,6 +1,6 @@
-/// @file 01-sysv/semaphores.hpp
-/// @brief Chapter 01: what the writer and the reader agree on (the key, the semaphore set's
-///        layout) and the one wait both of them make.
+/// @file 01-sysv/protocol.hpp
+/// @brief Chapter 01: what the writer and the reader agree on (the key file, the semaphore
+///        set's layout) and the one wait both of them make.
 ///
 /// The writer and the reader find the same System V objects through one key, made by
 /// `ftok(3)` from the `--name` path and kProjectId. Under that key live two objects in two
@@ -21,9 +21,13 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdio>
 #include <string>
+#include <string_view>
 
+#include <fcntl.h>
 #include <sys/sem.h>
+#include <unistd.h>
 
 #include "error.hpp"
 #include "wait.hpp"
@@ -45,9 +49,22 @@ enum Semaphore : unsigned short {
     kSemaphoreCount = 5
 };
 
-/// Header flag (shmtut::SharedHeader::flags): the writer created the key file, so whoever
-/// removes the writer's objects removes the key file too.
-inline constexpr unsigned kFlagWriterCreatedKeyFile = 1u;
+/// What a writer writes into a key file it creates. A key file that holds exactly this was made
+/// by a writer and is removed with the writer's objects (by the writer at the end, or by the
+/// reader that finds the writer dead); any other file named by `--name` is the user's and stays.
+inline constexpr std::string_view kKeyFileMarker = "shm-tutorial 01-sysv key file: ftok() reads its inode\n";
+
+/// True if `path` is a key file a writer created (it holds kKeyFileMarker).
+inline bool is_writer_key_file(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd == -1)
+        return false;
+    char content[128];
+    ssize_t n = ::read(fd, content, sizeof content);
+    ::close(fd);
+    return n == static_cast<ssize_t>(kKeyFileMarker.size()) &&
+           std::string_view(content, kKeyFileMarker.size()) == kKeyFileMarker;
+}
 
 /// The `semun` argument of `semctl(2)`, which the program must define itself.
 union semun {

@@ -1,0 +1,338 @@
+/// @file tests/support.cpp
+/// @brief Implementation of the test support.
+#include "support.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "catch.hpp"
+
+#ifndef SHMTUT_BUILD_DIR
+#error "SHMTUT_BUILD_DIR must name the build folder (the Makefile defines it)"
+#endif
+
+namespace testsupport {
+
+namespace {
+
+// Writing to the stdin pipe of a program that has exited must give EPIPE, not kill the tests.
+const bool g_sigpipe_ignored = [] {
+    std::signal(SIGPIPE, SIG_IGN);
+    return true;
+}();
+
+void close_fd(int& fd) noexcept {
+    if (fd != -1)
+        ::close(fd);
+    fd = -1;
+}
+
+[[noreturn]] void fail_errno(const char* call) {
+    throw std::runtime_error(std::string(call) + ": " + std::strerror(errno));
+}
+
+} // namespace
+
+std::string binary(const std::string& program) {
+    return std::string(SHMTUT_BUILD_DIR) + "/" + program;
+}
+
+int Process::exit_code() const {
+    return wait_status && WIFEXITED(*wait_status) ? WEXITSTATUS(*wait_status) : -1;
+}
+
+int Process::killed_by() const {
+    return wait_status && WIFSIGNALED(*wait_status) ? WTERMSIG(*wait_status) : 0;
+}
+
+std::string Process::last_error_line() const {
+    std::istringstream lines(err);
+    std::string line, last;
+    while (std::getline(lines, line))
+        if (!line.empty())
+            last = line;
+    return last;
+}
+
+ProcessGroup::ProcessGroup(std::chrono::seconds hard_limit)
+    : hard_deadline_(std::chrono::steady_clock::now() + hard_limit) {
+    (void)g_sigpipe_ignored;
+}
+
+ProcessGroup::~ProcessGroup() {
+    kill_all();
+}
+
+void ProcessGroup::kill_all() noexcept {
+    for (Process& p : processes_) {
+        if (!p.wait_status) {
+            ::kill(p.pid, SIGKILL);
+            int status = 0;
+            while (::waitpid(p.pid, &status, 0) == -1 && errno == EINTR) {
+            }
+            p.wait_status = status;
+        }
+        close_fd(p.stdin_fd);
+        close_fd(p.stdout_fd);
+        close_fd(p.stderr_fd);
+    }
+}
+
+Process& ProcessGroup::start(const std::string& name, const std::vector<std::string>& argv, Stdin in) {
+    int in_pipe[2] = {-1, -1}, out_pipe[2], err_pipe[2];
+    if ((in == Stdin::kPipe && ::pipe2(in_pipe, O_CLOEXEC) == -1) || ::pipe2(out_pipe, O_CLOEXEC) == -1 ||
+        ::pipe2(err_pipe, O_CLOEXEC) == -1)
+        fail_errno("pipe2");
+    // A new group when no member of the old one is still running (a group ends with its last member).
+    bool group_alive = std::any_of(processes_.begin(), processes_.end(), [](const Process& p) { return !p.wait_status; });
+    pid_t group = group_alive ? group_ : 0;
+
+    pid_t pid = ::fork();
+    if (pid == -1)
+        fail_errno("fork");
+    if (pid == 0) {
+        ::setpgid(0, group);
+        std::signal(SIGPIPE, SIG_DFL);
+        int null_fd = in == Stdin::kNull ? ::open("/dev/null", O_RDONLY) : in_pipe[0];
+        ::dup2(null_fd, STDIN_FILENO);
+        ::dup2(out_pipe[1], STDOUT_FILENO);
+        ::dup2(err_pipe[1], STDERR_FILENO);
+        ::close_range(3, ~0U, 0); // the program inherits 0, 1 and 2 only
+        std::vector<char*> args;
+        for (const std::string& arg : argv)
+            args.push_back(const_cast<char*>(arg.c_str()));
+        args.push_back(nullptr);
+        ::execv(args[0], args.data());
+        std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+        ::_exit(127);
+    }
+    ::setpgid(pid, group == 0 ? pid : group); // also in the parent: no race with the child's exec
+    if (group == 0)
+        group_ = pid;
+
+    Process& p = processes_.emplace_back();
+    p.name = name;
+    p.pid = pid;
+    if (in == Stdin::kPipe) {
+        ::close(in_pipe[0]);
+        p.stdin_fd = in_pipe[1];
+        ::fcntl(p.stdin_fd, F_SETFL, O_NONBLOCK);
+    }
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    p.stdout_fd = out_pipe[0];
+    p.stderr_fd = err_pipe[0];
+    return p;
+}
+
+void ProcessGroup::feed(Process& process, std::string bytes, bool close_after) {
+    process.pending_input += bytes;
+    process.close_stdin_when_done = close_after;
+    if (process.pending_input.empty() && close_after)
+        close_fd(process.stdin_fd);
+}
+
+void ProcessGroup::close_stdin(Process& process) {
+    process.pending_input.clear();
+    close_fd(process.stdin_fd);
+}
+
+void ProcessGroup::close_stdout(Process& process) {
+    close_fd(process.stdout_fd);
+}
+
+void ProcessGroup::signal(Process& process, int signal_number) {
+    if (!process.wait_status)
+        ::kill(process.pid, signal_number);
+}
+
+void ProcessGroup::pump_once(int poll_ms) {
+    std::vector<pollfd> fds;
+    std::vector<std::pair<Process*, int>> owners; // which process, which stream (0, 1, 2)
+    for (Process& p : processes_) {
+        if (p.stdin_fd != -1 && !p.pending_input.empty()) {
+            fds.push_back({p.stdin_fd, POLLOUT, 0});
+            owners.emplace_back(&p, 0);
+        }
+        if (p.stdout_fd != -1) {
+            fds.push_back({p.stdout_fd, POLLIN, 0});
+            owners.emplace_back(&p, 1);
+        }
+        if (p.stderr_fd != -1) {
+            fds.push_back({p.stderr_fd, POLLIN, 0});
+            owners.emplace_back(&p, 2);
+        }
+    }
+    if (!fds.empty()) {
+        if (::poll(fds.data(), fds.size(), poll_ms) == -1 && errno != EINTR)
+            fail_errno("poll");
+    } else {
+        ::usleep(static_cast<useconds_t>(poll_ms) * 1000);
+    }
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+        if (fds[i].revents == 0)
+            continue;
+        Process& p = *owners[i].first;
+        if (owners[i].second == 0) {
+            ssize_t n = ::write(p.stdin_fd, p.pending_input.data(), std::min<std::size_t>(p.pending_input.size(), 1 << 16));
+            if (n > 0)
+                p.pending_input.erase(0, static_cast<std::size_t>(n));
+            else if (n == -1 && errno != EAGAIN && errno != EINTR)
+                p.pending_input.clear(); // EPIPE: the program has gone
+            if (p.pending_input.empty() && p.close_stdin_when_done)
+                close_fd(p.stdin_fd);
+            continue;
+        }
+        int& fd = owners[i].second == 1 ? p.stdout_fd : p.stderr_fd;
+        std::string& sink = owners[i].second == 1 ? p.out : p.err;
+        char buffer[1 << 16];
+        ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n > 0)
+            sink.append(buffer, static_cast<std::size_t>(n));
+        else if (n == 0 || (errno != EINTR && errno != EAGAIN))
+            close_fd(fd);
+    }
+    // Reap at once: a program that exited is never left a zombie.
+    for (Process& p : processes_) {
+        if (p.wait_status)
+            continue;
+        int status = 0;
+        if (::waitpid(p.pid, &status, WNOHANG) == p.pid)
+            p.wait_status = status;
+    }
+}
+
+void ProcessGroup::pump_until(const std::function<bool()>& done, const std::string& what) {
+    while (!done()) {
+        if (std::chrono::steady_clock::now() >= hard_deadline_) {
+            std::string report;
+            for (const Process& p : processes_)
+                report += "\n--- " + p.name + " stderr:\n" + p.err;
+            if (group_ > 0)
+                ::killpg(group_, SIGKILL);
+            kill_all();
+            FAIL("hard deadline passed while waiting for " << what << "; killed the process group" << report);
+        }
+        pump_once(20);
+    }
+}
+
+void ProcessGroup::wait(Process& process) {
+    pump_until([&] { return process.finished(); }, process.name + " to exit");
+}
+
+void ProcessGroup::wait_for_stderr(Process& process, const std::string& text) {
+    pump_until([&] { return process.err.find(text) != std::string::npos || process.finished(); },
+               process.name + " to print '" + text + "'");
+}
+
+void ProcessGroup::wait_for_stdout(Process& process, std::size_t bytes) {
+    pump_until([&] { return process.out.size() >= bytes || process.finished(); },
+               process.name + " to write " + std::to_string(bytes) + " bytes");
+}
+
+TempDir::TempDir() {
+    char pattern[] = "/tmp/shmtut-test.XXXXXX";
+    if (::mkdtemp(pattern) == nullptr)
+        fail_errno("mkdtemp");
+    path_ = pattern;
+}
+
+TempDir::~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+}
+
+std::vector<std::string> TempDir::entries() const {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(path_))
+        names.push_back(entry.path().filename().string());
+    return names;
+}
+
+std::vector<std::string> ipc_and_fd_snapshot() {
+    std::vector<std::string> objects;
+    for (const char* kind : {"shm", "sem"}) {
+        std::ifstream table(std::string("/proc/sysvipc/") + kind);
+        std::string line;
+        std::getline(table, line); // column titles
+        while (std::getline(table, line)) {
+            std::istringstream fields(line);
+            std::string key, id;
+            fields >> key >> id;
+            objects.push_back(std::string("System V ") + kind + " key=" + key + " id=" + id);
+        }
+    }
+    for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
+        objects.push_back("/dev/shm entry " + entry.path().string());
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (dir == nullptr)
+        fail_errno("opendir(/proc/self/fd)");
+    while (dirent* entry = ::readdir(dir)) {
+        if (entry->d_name[0] == '.' || std::atoi(entry->d_name) == ::dirfd(dir))
+            continue;
+        char target[256] = {};
+        std::string link = std::string("/proc/self/fd/") + entry->d_name;
+        ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+        objects.push_back(std::string("open descriptor ") + entry->d_name + " -> " + (n > 0 ? target : "?"));
+    }
+    ::closedir(dir);
+    std::sort(objects.begin(), objects.end());
+    return objects;
+}
+
+std::vector<std::string> LeakCheck::left_behind() const {
+    std::vector<std::string> now = ipc_and_fd_snapshot();
+    std::vector<std::string> added;
+    std::set_difference(now.begin(), now.end(), before_.begin(), before_.end(), std::back_inserter(added));
+    return added;
+}
+
+std::string random_bytes(std::size_t size, unsigned seed) {
+    std::mt19937 generator(seed);
+    std::string bytes(size, '\0');
+    for (std::size_t i = 0; i < size; i += 4) {
+        std::uint32_t word = generator();
+        std::memcpy(bytes.data() + i, &word, std::min<std::size_t>(4, size - i));
+    }
+    // Runs of zero bytes, so that a C-string bug would show.
+    for (std::size_t i = 0; i + 64 < size; i += size / 7 + 1)
+        std::memset(bytes.data() + i, 0, 64);
+    return bytes;
+}
+
+int in_child(const std::function<int()>& body) {
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    if (pid == -1)
+        fail_errno("fork");
+    if (pid == 0) {
+        int code = 1;
+        try {
+            code = body();
+        } catch (...) {
+            code = 99;
+        }
+        ::_exit(code);
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) == -1 && errno == EINTR) {
+    }
+    return status;
+}
+
+} // namespace testsupport

@@ -1,0 +1,128 @@
+/// @file tests/support.hpp
+/// @brief Test support: start the real chapter programs as processes, talk to them through
+///        pipes, and check that nothing was left behind.
+///
+/// Every test starts its programs in one ProcessGroup: each program gets its own pipes for
+/// stdin, stdout and stderr, all of them share one process group, exits are reaped as soon as
+/// they happen, and at a hard deadline the whole group is killed and the test case fails, so a
+/// hung program can never hang the suite. LeakCheck snapshots the System V segments and
+/// semaphore sets, `/dev/shm` and the test's own open descriptors before a case and lists
+/// what is new after it.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace testsupport {
+
+/// Path of a built program: binary("01-sysv/writer").
+std::string binary(const std::string& program);
+
+/// One started program and what it has printed so far.
+struct Process {
+    std::string name;            ///< for messages: "writer"
+    pid_t pid = -1;
+    int stdin_fd = -1;           ///< our end of its stdin, or -1
+    int stdout_fd = -1;          ///< our end of its stdout, or -1 once at EOF
+    int stderr_fd = -1;          ///< our end of its stderr, or -1 once at EOF
+    std::string out;             ///< everything it wrote to stdout
+    std::string err;             ///< everything it wrote to stderr
+    std::string pending_input;   ///< bytes still to write to its stdin
+    bool close_stdin_when_done = false;
+    std::optional<int> wait_status; ///< set once reaped
+
+    bool finished() const { return wait_status.has_value() && stdout_fd == -1 && stderr_fd == -1; }
+    /// Exit code, or -1 if it was killed by a signal (or is still running).
+    int exit_code() const;
+    /// The signal that killed it, or 0.
+    int killed_by() const;
+    /// The last non-empty line of its stderr: where a failing program puts its one error line.
+    std::string last_error_line() const;
+};
+
+/// How a program's stdin is connected.
+enum class Stdin { kPipe, kNull };
+
+/// A set of programs in one process group, killed at a hard deadline.
+class ProcessGroup {
+public:
+    explicit ProcessGroup(std::chrono::seconds hard_limit = std::chrono::seconds(60));
+    ~ProcessGroup();
+    ProcessGroup(const ProcessGroup&) = delete;
+    ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+    /// Starts argv[0] (a path) with arguments; stdout and stderr are captured.
+    Process& start(const std::string& name, const std::vector<std::string>& argv, Stdin in = Stdin::kNull);
+    /// Queues bytes for the program's stdin; `close_after` closes it once they are written.
+    void feed(Process& process, std::string bytes, bool close_after);
+    /// Closes our end of its stdin (end of file for the program).
+    void close_stdin(Process& process);
+    /// Closes our end of its stdout: its next write fails with EPIPE.
+    void close_stdout(Process& process);
+    /// Sends a signal to one program.
+    void signal(Process& process, int signal_number);
+
+    /// Moves data and reaps until `done()` holds; at the hard deadline kills the group and
+    /// fails the test case.
+    void pump_until(const std::function<bool()>& done, const std::string& what);
+    /// Until the program has exited and its output is drained.
+    void wait(Process& process);
+    /// Until its stderr contains `text` (or it finished: the caller then checks).
+    void wait_for_stderr(Process& process, const std::string& text);
+    /// Until its stdout holds at least `bytes` bytes (or it finished).
+    void wait_for_stdout(Process& process, std::size_t bytes);
+
+private:
+    void pump_once(int poll_ms);
+    void kill_all() noexcept;
+
+    std::deque<Process> processes_;
+    pid_t group_ = -1;
+    std::chrono::steady_clock::time_point hard_deadline_;
+};
+
+/// A private temporary directory, removed with its contents at the end of the test.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::string& path() const { return path_; }
+    std::string file(const std::string& name) const { return path_ + "/" + name; }
+    /// Names of the entries in the directory.
+    std::vector<std::string> entries() const;
+
+private:
+    std::string path_;
+};
+
+/// What exists now: System V segments and semaphore sets (key and id), `/dev/shm` entries and
+/// this process's open descriptors (number and target), one string per object.
+std::vector<std::string> ipc_and_fd_snapshot();
+
+/// Snapshots at construction; left_behind() lists what exists now and did not then.
+class LeakCheck {
+public:
+    LeakCheck() : before_(ipc_and_fd_snapshot()) {}
+    std::vector<std::string> left_behind() const;
+
+private:
+    std::vector<std::string> before_;
+};
+
+/// `size` bytes from a seeded generator, zero bytes included.
+std::string random_bytes(std::size_t size, unsigned seed);
+
+/// Runs `body` in a forked child and returns the child's wait status: for cases that end in a
+/// signal (Catch2 does not survive SIGBUS in its own process) or that change process-wide state
+/// (signal handlers).
+int in_child(const std::function<int()>& body);
+
+} // namespace testsupport

@@ -1,0 +1,365 @@
+/// @file tests/test_common.cpp
+/// @brief Tests of the common/ helpers: the header's validation, the owners, option parsing,
+///        narration, the stop flag and pidfd liveness.
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/ipc.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "catch.hpp"
+#include "error.hpp"
+#include "layout.hpp"
+#include "narrate.hpp"
+#include "options.hpp"
+#include "owners.hpp"
+#include "support.hpp"
+#include "wait.hpp"
+
+using namespace shmtut;
+
+namespace {
+
+/// A header published the way a writer does it, in ordinary memory.
+struct PublishedHeader {
+    alignas(64) unsigned char bytes[kHeaderSize] = {};
+    SharedHeader* header = construct_header(bytes);
+    PublishedHeader() { publish_header(*header, 4096, 1234, 0); }
+    HeaderSnapshot snapshot() const { return take_snapshot(*header); }
+};
+
+bool fd_is_open(int fd) {
+    return ::fcntl(fd, F_GETFD) != -1;
+}
+
+bool address_is_mapped(void* address) {
+    unsigned char residency;
+    return ::mincore(address, 1, &residency) == 0; // ENOMEM: not mapped
+}
+
+/// argv from words, for parse_options.
+struct Argv {
+    std::vector<std::string> words;
+    std::vector<char*> pointers;
+    explicit Argv(std::vector<std::string> w) : words(std::move(w)) {
+        for (std::string& word : words)
+            pointers.push_back(word.data());
+        pointers.push_back(nullptr);
+    }
+    int argc() const { return static_cast<int>(words.size()); }
+    char** argv() { return pointers.data(); }
+};
+
+Options parse(std::vector<std::string> words, const OptionSpec& spec) {
+    Argv args(std::move(words));
+    return parse_options(args.argc(), args.argv(), spec);
+}
+
+OptionSpec writer_like_spec() {
+    OptionSpec spec;
+    spec.usage = "usage text\n";
+    spec.default_name = "/default";
+    spec.keep_and_force = true;
+    spec.operands = true;
+    return spec;
+}
+
+} // namespace
+
+TEST_CASE("a header is not ready until published, then validates against the object's size", "[common][layout]") {
+    alignas(64) unsigned char bytes[kHeaderSize] = {};
+    SharedHeader* header = construct_header(bytes);
+    CHECK_FALSE(header_ready(*header));
+    publish_header(*header, 4096, 1234, 1);
+    REQUIRE(header_ready(*header));
+    HeaderSnapshot copy = take_snapshot(*header);
+    CHECK(copy.magic == kHeaderMagic);
+    CHECK(copy.version == kLayoutVersion);
+    CHECK(copy.data_capacity == 4096);
+    CHECK(copy.writer_pid == 1234);
+    CHECK(copy.flags == 1);
+    CHECK_NOTHROW(validate_header(copy, kHeaderSize + 4096));
+    // The magic is "SHMT" as bytes in memory: what xxd shows and another language checks.
+    CHECK(std::memcmp(bytes, "SHMT", 4) == 0);
+}
+
+TEST_CASE("validation refuses a wrong magic, a wrong version and a capacity that does not fit", "[common][layout]") {
+    PublishedHeader published;
+    HeaderSnapshot copy = published.snapshot();
+    const std::uint64_t object_size = kHeaderSize + 4096;
+
+    SECTION("wrong magic") {
+        copy.magic = 0xdeadbeef;
+        CHECK_THROWS_WITH(validate_header(copy, object_size), contains("magic"));
+    }
+    SECTION("wrong version") {
+        copy.version = kLayoutVersion + 1;
+        CHECK_THROWS_WITH(validate_header(copy, object_size), contains("version"));
+    }
+    SECTION("capacity one byte larger than the object") {
+        copy.data_capacity = 4097;
+        CHECK_THROWS_AS(validate_header(copy, object_size), LayoutError);
+    }
+    SECTION("capacity so large that header + capacity would overflow") {
+        copy.data_capacity = std::numeric_limits<std::uint64_t>::max() - kHeaderSize + 1;
+        CHECK_THROWS_AS(validate_header(copy, object_size), LayoutError);
+    }
+    SECTION("capacity 0") {
+        copy.data_capacity = 0;
+        CHECK_THROWS_AS(validate_header(copy, object_size), LayoutError);
+    }
+    SECTION("an object smaller than the header") {
+        CHECK_THROWS_WITH(validate_header(copy, kHeaderSize - 1), contains("header"));
+    }
+}
+
+TEST_CASE("a block validates against the capacity checked earlier and the expected sequence", "[common][layout]") {
+    PublishedHeader published;
+    publish_block(*published.header, 4096, 1, false);
+    HeaderSnapshot block = published.snapshot();
+    CHECK_NOTHROW(validate_block(block, 4096, 1));
+    CHECK_THROWS_WITH(validate_block(block, 4095, 1), contains("length"));
+    CHECK_THROWS_WITH(validate_block(block, 4096, 2), contains("sequence"));
+
+    publish_block(*published.header, 0, 2, true);
+    block = published.snapshot();
+    CHECK(block.end_of_stream == 1);
+    CHECK_NOTHROW(validate_block(block, 4096, 2));
+    block.end_of_stream = 7;
+    CHECK_THROWS_WITH(validate_block(block, 4096, 2), contains("end-of-stream"));
+}
+
+TEST_CASE("UniqueFd closes its descriptor exactly once, and a move transfers it", "[common][owners]") {
+    int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd != -1);
+    {
+        UniqueFd owner(fd);
+        CHECK(owner.get() == fd);
+        UniqueFd moved(std::move(owner));
+        CHECK_FALSE(owner);
+        CHECK(moved.get() == fd);
+        CHECK(fd_is_open(fd));
+    }
+    CHECK_FALSE(fd_is_open(fd));
+
+    int kept = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE(kept != -1);
+    {
+        UniqueFd owner(kept);
+        CHECK(owner.release() == kept);
+    }
+    CHECK(fd_is_open(kept)); // released: not the owner's to close
+    ::close(kept);
+
+    int first = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int second = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    {
+        UniqueFd owner(first);
+        owner.reset(second); // closes the first, adopts the second
+        CHECK_FALSE(fd_is_open(first));
+        CHECK(fd_is_open(second));
+    }
+    CHECK_FALSE(fd_is_open(second));
+}
+
+TEST_CASE("Mapping unmaps exactly once, and a move transfers it", "[common][owners]") {
+    const std::size_t length = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    void* address = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(address != MAP_FAILED);
+    {
+        Mapping owner(address, length);
+        Mapping moved;
+        moved = std::move(owner);
+        CHECK_FALSE(owner);
+        CHECK(moved.get() == address);
+        CHECK(moved.size() == length);
+        CHECK(address_is_mapped(address));
+    }
+    CHECK_FALSE(address_is_mapped(address));
+}
+
+TEST_CASE("ShmAttachment detaches a System V segment exactly once", "[common][owners]") {
+    testsupport::LeakCheck leaks;
+    int shmid = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+    REQUIRE(shmid != -1);
+    auto attachments = [shmid] {
+        shmid_ds info{};
+        REQUIRE(::shmctl(shmid, IPC_STAT, &info) == 0);
+        return info.shm_nattch;
+    };
+    void* address = ::shmat(shmid, nullptr, 0);
+    REQUIRE(address != reinterpret_cast<void*>(-1));
+    {
+        ShmAttachment owner(address);
+        ShmAttachment moved(std::move(owner));
+        CHECK(attachments() == 1);
+    }
+    CHECK(attachments() == 0);
+    REQUIRE(::shmctl(shmid, IPC_RMID, nullptr) == 0);
+    CHECK(leaks.left_behind().empty());
+}
+
+TEST_CASE("the shared options parse, with defaults, both value forms and operands", "[common][options]") {
+    OptionSpec spec = writer_like_spec();
+    Options defaults = parse({"writer"}, spec);
+    CHECK(defaults.name == "/default");
+    CHECK(defaults.timeout_seconds == 60.0);
+    CHECK_FALSE(defaults.quiet);
+    CHECK(defaults.operands.empty());
+
+    Options given = parse({"writer", "--name", "/x", "--timeout=2.5", "--quiet", "--keep", "hello", "--", "--force"}, spec);
+    CHECK(given.name == "/x");
+    CHECK(given.timeout_seconds == 2.5);
+    CHECK(given.quiet);
+    CHECK(given.keep);
+    CHECK_FALSE(given.force);
+    CHECK(given.operands == std::vector<std::string>{"hello", "--force"}); // after "--", words are operands
+
+    int fd_value = -1;
+    spec.extra.push_back({"--fd", true, [&](const std::string& v) { fd_value = std::stoi(v); }});
+    CHECK(parse({"reader", "--fd", "3"}, spec).operands.empty());
+    CHECK(fd_value == 3);
+}
+
+TEST_CASE("bad command lines are usage errors", "[common][options]") {
+    OptionSpec writer = writer_like_spec();
+    OptionSpec reader;
+    reader.default_name = "/default";
+    CHECK_THROWS_AS(parse({"writer", "--bogus"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout", "abc"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout", "0"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout", "-1"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout", "1e9"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--timeout", "nan"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--quiet=yes"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "--name", ""}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"writer", "-x"}, writer), UsageError);
+    CHECK_THROWS_AS(parse({"reader", "extra"}, reader), UsageError);
+    CHECK_THROWS_AS(parse({"reader", "--keep"}, reader), UsageError);
+    CHECK_THROWS_AS(parse({"reader", "--force"}, reader), UsageError);
+}
+
+TEST_CASE("run_main maps each kind of failure to its exit status", "[common][error]") {
+    // run_main prints the error line to stderr; send it to /dev/null inside a child.
+    auto status_of = [](std::function<int()> body) {
+        int status = testsupport::in_child([&] {
+            int null_fd = ::open("/dev/null", O_WRONLY);
+            ::dup2(null_fd, STDERR_FILENO);
+            return run_main("test", body);
+        });
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    };
+    CHECK(status_of([] { return 0; }) == kExitSuccess);
+    CHECK(status_of([]() -> int { throw UsageError("bad"); }) == kExitUsage);
+    CHECK(status_of([]() -> int { throw Unsupported("no device"); }) == kExitUnsupported);
+    CHECK(status_of([]() -> int { throw Failure("broken"); }) == kExitFailure);
+    CHECK(status_of([]() -> int {
+              errno = ENOENT;
+              throw_errno("shm_open(\"/x\")", "is the writer running?");
+          }) == kExitFailure);
+}
+
+TEST_CASE("a SysError names the call, the system's error text and the hint", "[common][error]") {
+    try {
+        throw_error(ENOENT, "shm_open(\"/x\")", "start the writer");
+    } catch (const SysError& e) {
+        CHECK(std::string(e.what()) == "shm_open(\"/x\"): No such file or directory");
+        CHECK(e.code().value() == ENOENT);
+        CHECK(e.hint() == "start the writer");
+    }
+}
+
+TEST_CASE("narration is one 'role: text' line on stderr, and nothing when quiet", "[common][narrate]") {
+    int pipe_fds[2];
+    REQUIRE(::pipe(pipe_fds) == 0);
+    int saved_stderr = ::dup(STDERR_FILENO);
+    ::dup2(pipe_fds[1], STDERR_FILENO);
+    Narrator("writer").say("shmget(key=0x%08x) = %d", 0x5301u, 7);
+    Narrator("reader", true).say("not shown");
+    ::dup2(saved_stderr, STDERR_FILENO);
+    ::close(saved_stderr);
+    ::close(pipe_fds[1]);
+    char text[256] = {};
+    ssize_t n = ::read(pipe_fds[0], text, sizeof text - 1);
+    ::close(pipe_fds[0]);
+    CHECK(std::string(text, n > 0 ? static_cast<std::size_t>(n) : 0) == "writer: shmget(key=0x00005301) = 7\n");
+}
+
+TEST_CASE("SIGTERM sets the stop flag and interrupts a blocking call instead of restarting it", "[common][wait]") {
+    int status = testsupport::in_child([] {
+        install_stop_handlers();
+        struct sigaction installed {};
+        ::sigaction(SIGTERM, nullptr, &installed);
+        if ((installed.sa_flags & SA_RESTART) != 0)
+            return 10;
+        // A blocking read on an empty pipe; SIGTERM after a moment must end it with EINTR.
+        int fds[2];
+        if (::pipe(fds) != 0)
+            return 11;
+        // A helper process sends SIGTERM every 50 ms until this child is gone: the first one may
+        // arrive before read() blocks; a later one then interrupts it.
+        pid_t self = ::getpid();
+        if (::fork() == 0) {
+            while (::kill(self, SIGTERM) == 0)
+                ::usleep(50000);
+            ::_exit(0);
+        }
+        char byte;
+        ssize_t n = ::read(fds[0], &byte, 1);
+        if (n != -1 || errno != EINTR)
+            return 12;
+        if (stop_signal() != SIGTERM)
+            return 13;
+        try {
+            throw_if_stopped();
+        } catch (const Interrupted& e) {
+            return std::string(e.what()) == "interrupted by SIGTERM" ? 0 : 14;
+        }
+        return 15;
+    });
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a pidfd tells a dead process from a live one, where kill(pid, 0) cannot", "[common][wait]") {
+    pid_t child = ::fork();
+    REQUIRE(child != -1);
+    if (child == 0) {
+        ::pause();
+        ::_exit(0);
+    }
+    UniqueFd pidfd = open_pidfd(child);
+    CHECK_FALSE(process_exited(pidfd));
+    REQUIRE(::kill(child, SIGKILL) == 0);
+    CHECK(process_exited(pidfd, std::chrono::milliseconds(10000)));
+    // Not reaped yet: a zombie. kill(pid, 0) still "succeeds", which is why it is no liveness test.
+    CHECK(::kill(child, 0) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status));
+}
+
+TEST_CASE("a deadline expires, and its slices never exceed the time left or the cap", "[common][wait]") {
+    Deadline soon(0.001);
+    pause_briefly(std::chrono::milliseconds(20));
+    CHECK(soon.expired());
+    CHECK(soon.remaining() == std::chrono::nanoseconds(0));
+    timespec none = soon.slice();
+    CHECK((none.tv_sec == 0 && none.tv_nsec == 0));
+
+    Deadline later(3600);
+    CHECK_FALSE(later.expired());
+    timespec capped = later.slice(std::chrono::seconds(1));
+    CHECK((capped.tv_sec == 1 && capped.tv_nsec == 0));
+    CHECK(seconds_text(0.5) == "0.5 s");
+}
