@@ -68,9 +68,9 @@ inline bool is_writer_key_file(const std::string& path) {
 
 /// The `semun` argument of `semctl(2)`, which the program must define itself.
 union semun {
-    int val;
-    semid_ds* buf;
-    unsigned short* array;
+    int val;               ///< for SETVAL
+    semid_ds* buf;         ///< for IPC_STAT and IPC_SET
+    unsigned short* array; ///< for GETALL and SETALL
 };
 
 /// The value of one semaphore (`semctl(GETVAL)`).
@@ -100,7 +100,7 @@ inline Taken take_unit(int semid, unsigned short semaphore, unsigned short peer_
         if (::semtimedop(semid, &take, 1, &slice) == 0)
             return Taken::kYes;
         if (errno == EIDRM || errno == EINVAL)
-            throw shmtut::Failure("the semaphore set was removed while waiting: the peer stopped, or someone ran ipcrm");
+            throw shmtut::Failure("the semaphore set was removed while waiting, so the stream is incomplete: the peer was stopped (Ctrl-C), or someone ran ipcrm");
         if (errno != EAGAIN && errno != EINTR)
             shmtut::throw_errno("semtimedop(semid=" + std::to_string(semid) + ", sem " + std::to_string(semaphore) + ", -1)");
         if (semaphore_value(semid, peer_alive) == 0) {

@@ -280,6 +280,7 @@ int run(const Options& options) {
 
 } // namespace
 
+/// Parses the command line and runs the reader; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("reader", [&] {
         OptionSpec spec;

@@ -114,13 +114,13 @@ key_t make_key(const Options& options, Created& created, const Narrator& say) {
 
 /// An object under our key already exists: left by a crashed run, or in use by a running writer.
 /// With --force it is removed; otherwise the user is told how to remove it.
-void handle_existing(key_t key, bool force, const Narrator& say) {
+void handle_existing(const std::string& call, key_t key, bool force, const Narrator& say) {
     std::string key_text = sysv::key_text(key);
     if (!force)
-        throw_error(EEXIST, "semget/shmget(key=" + key_text + ", IPC_CREAT|IPC_EXCL|0600)",
+        throw_error(EEXIST, call,
                     "objects from an earlier run use this key; if no writer is running, remove them with "
-                    "'ipcrm -S " + key_text + " -M " + key_text + "' (ipcrm stops at the first one missing: "
-                    "see ipcs), or start the writer with --force");
+                    "'ipcrm -M " + key_text + " -S " + key_text + "' (it reports any that is already gone), "
+                    "or start the writer with --force");
     if (int semid = ::semget(key, 0, 0); semid != -1 && ::semctl(semid, 0, IPC_RMID) == 0)
         say.say("--force: semctl(semid=%d, 0, IPC_RMID) = 0: removed the old semaphore set", semid);
     if (int shmid = ::shmget(key, 0, 0); shmid != -1 && ::shmctl(shmid, IPC_RMID, nullptr) == 0)
@@ -134,7 +134,7 @@ void handle_existing(key_t key, bool force, const Narrator& say) {
 int create_semaphores(key_t key, bool force, Created& created, const Narrator& say) {
     int semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     if (semid == -1 && errno == EEXIST) {
-        handle_existing(key, force, say);
+        handle_existing("semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)", key, force, say);
         semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (semid == -1)
@@ -173,7 +173,7 @@ ShmAttachment create_segment(key_t key, bool force, Created& created, const Narr
     const std::size_t size = kHeaderSize + kDefaultDataCapacity;
     int shmid = ::shmget(key, size, IPC_CREAT | IPC_EXCL | 0600);
     if (shmid == -1 && errno == EEXIST) { // a stale segment without a set
-        handle_existing(key, force, say);
+        handle_existing("shmget(key=" + sysv::key_text(key) + ", IPC_CREAT|IPC_EXCL|0600)", key, force, say);
         shmid = ::shmget(key, size, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (shmid == -1)
@@ -287,6 +287,7 @@ private:
 
 /// The hand-off: wait until the data area is free, fill it, publish the block, post "ready".
 /// While the reader lives the writer may wait as long as it needs (the reader may be slow).
+/// Returns the last block's number, still holding the "block free" unit it took last.
 std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t* data, const Narrator& say) {
     std::uint64_t sequence = 0;
     std::uint64_t total = 0;
@@ -294,13 +295,9 @@ std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t
         if (sysv::take_unit(semid, sysv::kBlockFree, sysv::kReaderAlive, nullptr) != sysv::Taken::kYes)
             reader_gone();
         std::size_t length = input.next(data, kDefaultDataCapacity, semid);
-        if (length == 0) {
-            // Give the unit back: finish() takes it again for the end-of-stream block.
-            sembuf give_back{sysv::kBlockFree, +1, 0};
-            if (::semop(semid, &give_back, 1) == -1)
-                throw_errno("semop(semid=" + std::to_string(semid) + ", {sem 4 'block free' +1})");
-            break;
-        }
+        if (length == 0)
+            break; // end of input; the data area is ours, for the end-of-stream block
+
         publish_block(header, length, ++sequence, false);
         sembuf ready{sysv::kBlockReady, +1, 0};
         if (::semop(semid, &ready, 1) == -1)
@@ -319,8 +316,6 @@ std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t
 /// Marks the end of the stream with an empty block, then waits (bounded) for the reader's
 /// confirmation: its last "block free" post, after it has written every byte.
 void finish(int semid, SharedHeader& header, std::uint64_t sequence, const Options& options, const Narrator& say) {
-    if (sysv::take_unit(semid, sysv::kBlockFree, sysv::kReaderAlive, nullptr) != sysv::Taken::kYes)
-        reader_gone();
     publish_block(header, 0, sequence + 1, true);
     sembuf ready{sysv::kBlockReady, +1, 0};
     if (::semop(semid, &ready, 1) == -1)
@@ -368,8 +363,10 @@ int run(const Options& options) {
     if (options.keep) {
         created.keep = true;
         std::string key_text = sysv::key_text(key);
-        say.say("--keep: left in place; look with 'ipcs -m -s', remove with 'ipcrm -M %s -S %s'", key_text.c_str(),
-                key_text.c_str());
+        std::string remove = "ipcrm -M " + key_text + " -S " + key_text;
+        if (!created.key_file.empty())
+            remove += "; rm " + created.key_file;
+        say.say("--keep: left in place; look with 'ipcs -m -s', remove with '%s'", remove.c_str());
         return kExitSuccess;
     }
     // The semaphores go now: unlike a segment, a semaphore set is removed at once, and a process
@@ -389,6 +386,7 @@ int run(const Options& options) {
 
 } // namespace
 
+/// Parses the command line and runs the writer; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("writer", [&] {
         OptionSpec spec;

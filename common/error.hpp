@@ -28,6 +28,7 @@ enum ExitStatus : int {
 /// an optional hint that tells the user what to do about it.
 class SysError : public std::system_error {
 public:
+    /// `call` names the call and its arguments: `shm_open("/name")`.
     SysError(int error_number, const std::string& call, std::string hint)
         : std::system_error(error_number, std::system_category(), call), hint_(std::move(hint)) {}
     /// What the user can do about it ("is the writer running? start it first"), or empty.
@@ -66,7 +67,9 @@ public:
 /// SIGINT or SIGTERM arrived during a wait: the program unwinds, cleans up and exits 1.
 class Interrupted : public std::runtime_error {
 public:
+    /// Names the signal in the message: "interrupted by SIGINT".
     explicit Interrupted(int signal_number);
+    /// The signal that arrived.
     int signal_number() const noexcept { return signal_number_; }
 
 private:

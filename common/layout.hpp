@@ -84,14 +84,14 @@ static_assert(offsetof(SharedHeader, chapter_area) == 64);
 
 /// A local copy of the header: what a reader validates and then uses.
 struct HeaderSnapshot {
-    std::uint32_t magic;
-    std::uint32_t version;
-    std::uint64_t data_capacity;
-    std::uint64_t block_length;
-    std::uint64_t sequence;
-    std::uint32_t end_of_stream;
-    std::uint32_t writer_pid;
-    std::uint32_t flags;
+    std::uint32_t magic;         ///< SharedHeader::magic
+    std::uint32_t version;       ///< SharedHeader::version
+    std::uint64_t data_capacity; ///< SharedHeader::data_capacity
+    std::uint64_t block_length;  ///< SharedHeader::block_length
+    std::uint64_t sequence;      ///< SharedHeader::sequence
+    std::uint32_t end_of_stream; ///< SharedHeader::end_of_stream
+    std::uint32_t writer_pid;    ///< SharedHeader::writer_pid
+    std::uint32_t flags;         ///< SharedHeader::flags
 };
 
 /// A header or block that does not validate. The message says which field and why.

@@ -25,7 +25,9 @@ public:
     UniqueFd() noexcept = default;
     /// Adopts `fd` (a value below 0 means "owns nothing").
     explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+    /// Takes over what `other` owns; `other` is left empty.
     UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+    /// Releases what this owns, then takes over what `other` owns.
     UniqueFd& operator=(UniqueFd&& other) noexcept {
         reset(other.release());
         return *this;
@@ -57,8 +59,10 @@ public:
     Mapping() noexcept = default;
     /// Adopts a mapping the caller made; `address` must not be `MAP_FAILED`.
     Mapping(void* address, std::size_t length) noexcept : address_(address), length_(length) {}
+    /// Takes over what `other` owns; `other` is left empty.
     Mapping(Mapping&& other) noexcept
         : address_(std::exchange(other.address_, nullptr)), length_(std::exchange(other.length_, 0)) {}
+    /// Releases what this owns, then takes over what `other` owns.
     Mapping& operator=(Mapping&& other) noexcept {
         if (this != &other) {
             reset();
@@ -98,7 +102,9 @@ public:
     ShmAttachment() noexcept = default;
     /// Adopts an address returned by `shmat`; it must not be `(void*)-1`.
     explicit ShmAttachment(void* address) noexcept : address_(address) {}
+    /// Takes over what `other` owns; `other` is left empty.
     ShmAttachment(ShmAttachment&& other) noexcept : address_(std::exchange(other.address_, nullptr)) {}
+    /// Releases what this owns, then takes over what `other` owns.
     ShmAttachment& operator=(ShmAttachment&& other) noexcept {
         if (this != &other) {
             reset();

@@ -306,7 +306,7 @@ std::string random_bytes(std::size_t size, unsigned seed) {
     std::mt19937 generator(seed);
     std::string bytes(size, '\0');
     for (std::size_t i = 0; i < size; i += 4) {
-        std::uint32_t word = generator();
+        auto word = static_cast<std::uint32_t>(generator());
         std::memcpy(bytes.data() + i, &word, std::min<std::size_t>(4, size - i));
     }
     // Runs of zero bytes, so that a C-string bug would show.
