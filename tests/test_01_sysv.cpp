@@ -293,7 +293,7 @@ TEST_CASE("01: objects left by a crashed writer are reported with the ipcrm comm
         INFO("writer stderr:\n" << refused.err);
         CHECK(refused.exit_code() == 1);
         CHECK_THAT(refused.last_error_line(), contains("File exists"));
-        CHECK_THAT(refused.last_error_line(), contains("ipcrm -S 0x"));
+        CHECK_THAT(refused.last_error_line(), contains("remove them with 'ipcrm -M 0x"));
         CHECK_THAT(refused.last_error_line(), contains("--force"));
 
         Process& forced = group.start("forced writer", chapter.writer("10", {"--force", "replaced"}));
