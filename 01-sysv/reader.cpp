@@ -31,6 +31,7 @@
 #include "options.hpp"
 #include "owners.hpp"
 #include "protocol.hpp"
+#include "stream.hpp"
 #include "wait.hpp"
 
 using namespace shmtut;
@@ -210,23 +211,6 @@ void claim(const WriterObjects& writer, const Narrator& say) {
             writer.semid);
 }
 
-/// Writes all `length` bytes to stdout. EPIPE (a closed pipe; SIGPIPE is ignored) is an error
-/// the program reports and cleans up after.
-void write_all(const std::uint8_t* bytes, std::uint64_t length) {
-    while (length > 0) {
-        ssize_t n = ::write(STDOUT_FILENO, bytes, length);
-        if (n == -1) {
-            if (errno == EINTR) {
-                throw_if_stopped();
-                continue;
-            }
-            throw_errno("write(stdout)", errno == EPIPE ? "the program reading the output stopped" : "");
-        }
-        bytes += n;
-        length -= static_cast<std::uint64_t>(n);
-    }
-}
-
 /// The hand-off: wait for "block ready", copy a local snapshot of the block header, validate it,
 /// write the bytes out, post "block free". The block after the last one is empty and marks the
 /// end; posting "block free" for it is the confirmation the writer waits for.
@@ -239,7 +223,7 @@ void copy_stream(WriterObjects& writer, const ShmAttachment& segment, std::uint6
             writer_died(writer, "before the end of the stream", say);
         HeaderSnapshot block = take_snapshot(header);
         validate_block(block, capacity, expected);
-        write_all(data, block.block_length);
+        write_all(STDOUT_FILENO, data, block.block_length);
         total += block.block_length;
         sembuf block_free{sysv::kBlockFree, +1, 0};
         if (::semop(writer.semid, &block_free, 1) == -1)

@@ -23,7 +23,6 @@
 #include <string>
 
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/ipc.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -35,6 +34,7 @@
 #include "options.hpp"
 #include "owners.hpp"
 #include "protocol.hpp"
+#include "stream.hpp"
 #include "wait.hpp"
 
 using namespace shmtut;
@@ -236,50 +236,6 @@ void mark_segment_for_removal(Created& created, const Narrator& say) {
     created.shmid = -1;
 }
 
-/// Where the bytes come from: the MESSAGE operands, or standard input.
-class Input {
-public:
-    explicit Input(const Options& options) {
-        for (const std::string& message : options.operands)
-            messages_ += message + '\n';
-        from_stdin_ = options.operands.empty();
-    }
-    bool from_stdin() const { return from_stdin_; }
-
-    /// Fills up to `capacity` bytes at `destination`; returns 0 at the end of the input. While
-    /// stdin has nothing to read (a person at a keyboard), looks every second whether the
-    /// reader still lives.
-    std::size_t next(std::uint8_t* destination, std::size_t capacity, int semid) {
-        if (!from_stdin_) {
-            std::size_t n = std::min(capacity, messages_.size() - offset_);
-            std::memcpy(destination, messages_.data() + offset_, n);
-            offset_ += n;
-            return n;
-        }
-        for (;;) {
-            throw_if_stopped();
-            pollfd input{STDIN_FILENO, POLLIN, 0};
-            int ready = ::poll(&input, 1, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
-            if (ready == -1 && errno != EINTR)
-                throw_errno("poll(stdin)");
-            if (ready == 1) {
-                ssize_t n = ::read(STDIN_FILENO, destination, capacity);
-                if (n >= 0)
-                    return static_cast<std::size_t>(n);
-                if (errno != EINTR && errno != EAGAIN)
-                    throw_errno("read(stdin)");
-            }
-            if (sysv::semaphore_value(semid, sysv::kReaderAlive) == 0)
-                throw Failure("the reader died while the writer waited for input; cleaned up");
-        }
-    }
-
-private:
-    std::string messages_;
-    std::size_t offset_ = 0;
-    bool from_stdin_ = true;
-};
-
 [[noreturn]] void reader_gone() {
     throw Failure("the reader died before the end of the stream (its 'reader alive' token was released by the "
                   "kernel); cleaned up");
@@ -294,7 +250,9 @@ std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t
     for (;;) {
         if (sysv::take_unit(semid, sysv::kBlockFree, sysv::kReaderAlive, nullptr) != sysv::Taken::kYes)
             reader_gone();
-        std::size_t length = input.next(data, kDefaultDataCapacity, semid);
+        std::size_t length = input.next(data, kDefaultDataCapacity, [semid] {
+            return sysv::semaphore_value(semid, sysv::kReaderAlive) != 0;
+        });
         if (length == 0)
             break; // end of input; the data area is ours, for the end-of-stream block
 
@@ -344,7 +302,7 @@ int run(const Options& options) {
     ShmAttachment segment = create_segment(key, options.force, created, say);
     adopt_stale_key_file(options, created);
     auto& header = *static_cast<SharedHeader*>(segment.get());
-    Input input(options);
+    Input input(options.operands);
 
     wait_for_reader(semid, options, say);
     if (!options.keep)

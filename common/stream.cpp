@@ -1,0 +1,62 @@
+/// @file stream.cpp
+/// @brief Implementation of Input and write_all().
+#include "stream.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <poll.h>
+#include <unistd.h>
+
+#include "error.hpp"
+#include "wait.hpp"
+
+namespace shmtut {
+
+Input::Input(const std::vector<std::string>& messages) : from_stdin_(messages.empty()) {
+    for (const std::string& message : messages)
+        messages_ += message + '\n';
+}
+
+std::size_t Input::next(std::uint8_t* destination, std::size_t capacity, const std::function<bool()>& reader_alive) {
+    if (!from_stdin_) {
+        std::size_t n = std::min(capacity, messages_.size() - offset_);
+        std::memcpy(destination, messages_.data() + offset_, n);
+        offset_ += n;
+        return n;
+    }
+    for (;;) {
+        throw_if_stopped();
+        pollfd input{STDIN_FILENO, POLLIN, 0};
+        int ready = ::poll(&input, 1, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
+        if (ready == -1 && errno != EINTR)
+            throw_errno("poll(stdin)");
+        if (ready == 1) {
+            ssize_t n = ::read(STDIN_FILENO, destination, capacity);
+            if (n >= 0)
+                return static_cast<std::size_t>(n);
+            if (errno != EINTR && errno != EAGAIN)
+                throw_errno("read(stdin)");
+        }
+        if (!reader_alive())
+            throw Failure("the reader died while the writer waited for input; cleaned up");
+    }
+}
+
+void write_all(int fd, const std::uint8_t* bytes, std::uint64_t length) {
+    while (length > 0) {
+        ssize_t n = ::write(fd, bytes, length);
+        if (n == -1) {
+            if (errno == EINTR) {
+                throw_if_stopped();
+                continue;
+            }
+            throw_errno("write(stdout)", errno == EPIPE ? "the program reading the output stopped" : "");
+        }
+        bytes += n;
+        length -= static_cast<std::uint64_t>(n);
+    }
+}
+
+} // namespace shmtut
