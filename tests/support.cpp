@@ -51,6 +51,20 @@ std::string binary(const std::string& program) {
     return std::string(SHMTUT_BUILD_DIR) + "/" + program;
 }
 
+std::vector<std::string> command(const std::string& program, const std::vector<std::string>& name_args,
+                                 const std::string& timeout, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {binary(program)};
+    argv.insert(argv.end(), name_args.begin(), name_args.end());
+    argv.insert(argv.end(), {"--timeout", timeout});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+}
+
+std::string unique_name(const std::string& prefix) {
+    static int counter = 0;
+    return prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+}
+
 int Process::exit_code() const {
     return wait_status && WIFEXITED(*wait_status) ? WEXITSTATUS(*wait_status) : -1;
 }
@@ -300,6 +314,13 @@ std::vector<std::string> LeakCheck::left_behind() const {
     std::vector<std::string> added;
     std::set_difference(now.begin(), now.end(), before_.begin(), before_.end(), std::back_inserter(added));
     return added;
+}
+
+void check_nothing_left(const LeakCheck& leaks) {
+    std::vector<std::string> left = leaks.left_behind();
+    for (const std::string& object : left)
+        UNSCOPED_INFO("left behind: " << object);
+    CHECK(left.empty());
 }
 
 std::string random_bytes(std::size_t size, unsigned seed) {

@@ -24,6 +24,14 @@ namespace testsupport {
 /// Path of a built program: binary("01-sysv/writer").
 std::string binary(const std::string& program);
 
+/// A command line for a chapter program: binary(program), then `name_args` (the test's private
+/// `--name` or `--file`), `--timeout TIMEOUT`, then `extra`.
+std::vector<std::string> command(const std::string& program, const std::vector<std::string>& name_args,
+                                 const std::string& timeout, const std::vector<std::string>& extra = {});
+
+/// A name no other test (or test run) uses: PREFIX-PID-COUNTER.
+std::string unique_name(const std::string& prefix);
+
 /// One started program and what it has printed so far.
 struct Process {
     std::string name;            ///< for messages: "writer"
@@ -116,6 +124,9 @@ public:
 private:
     std::vector<std::string> before_;
 };
+
+/// Checks (a failed CHECK per object) that nothing was created since `leaks` and left.
+void check_nothing_left(const LeakCheck& leaks);
 
 /// `size` bytes from a seeded generator, zero bytes included.
 std::string random_bytes(std::size_t size, unsigned seed);

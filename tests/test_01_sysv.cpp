@@ -22,24 +22,17 @@ struct Chapter01 {
     std::string key = dir.file("key");
 
     std::vector<std::string> writer(const std::string& timeout, std::vector<std::string> extra = {}) const {
-        std::vector<std::string> argv = {binary("01-sysv/writer"), "--name", key, "--timeout", timeout};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        return argv;
+        return command("01-sysv/writer", {"--name", key}, timeout, extra);
     }
     std::vector<std::string> reader(const std::string& timeout, std::vector<std::string> extra = {}) const {
-        std::vector<std::string> argv = {binary("01-sysv/reader"), "--name", key, "--timeout", timeout};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        return argv;
+        return command("01-sysv/reader", {"--name", key}, timeout, extra);
     }
 };
 
 /// After a case: no segment, semaphore set, /dev/shm entry or descriptor is new, and the key
 /// file the writer created is gone.
 void require_nothing_left(const LeakCheck& leaks, const Chapter01& chapter) {
-    std::vector<std::string> left = leaks.left_behind();
-    for (const std::string& object : left)
-        UNSCOPED_INFO("left behind: " << object);
-    CHECK(left.empty());
+    check_nothing_left(leaks);
     std::vector<std::string> files = chapter.dir.entries();
     for (const std::string& file : files)
         UNSCOPED_INFO("left in the key directory: " << file);
