@@ -79,6 +79,13 @@ struct Target {
 
     const char* open_call() const { return is_file ? "open" : "shm_open"; }     ///< for narration
     const char* unlink_call() const { return is_file ? "unlink" : "shm_unlink"; } ///< for narration
+    /// The directory whose file system holds it, for `df -h`.
+    std::string directory() const {
+        if (!is_file)
+            return "/dev/shm";
+        std::string::size_type slash = path.rfind('/');
+        return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    }
     /// How a person removes it by hand.
     std::string removal_command() const { return "rm " + (is_file ? path : "/dev/shm" + path); }
 };

@@ -120,21 +120,28 @@ UniqueFd create_object(const posix::Target& target, bool force, NameOwner& name,
 /// so size it first. ftruncate only sets the size: on tmpfs the pages are allocated on first
 /// touch, and if the file system is full then, that touch is a SIGBUS. posix_fallocate
 /// allocates them now, so a full /dev/shm is a clean ENOSPC here instead.
-void size_object(int fd, std::size_t size, const Narrator& say) {
+void size_object(int fd, std::size_t size, const posix::Target& target, const Narrator& say) {
     if (::ftruncate(fd, static_cast<off_t>(size)) == -1)
         throw_errno("ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")");
     say.say("ftruncate(fd=%d, %zu) = 0", fd, size);
     int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); // returns the error, not -1
     if (error != 0)
         throw_error(error, "posix_fallocate(fd=" + std::to_string(fd) + ", 0, " + std::to_string(size) + ")",
-                    error == ENOSPC ? "the file system holding the object is full: see df -h /dev/shm" : "");
+                    error == ENOSPC ? "the file system holding the object is full: see df -h " + target.directory() : "");
     say.say("posix_fallocate(fd=%d, 0, %zu) = 0: every page reserved", fd, size);
 
     struct stat info {};
     if (::fstat(fd, &info) == -1)
         throw_errno("fstat(fd=" + std::to_string(fd) + ")");
-    say.say("fstat(fd=%d) = 0: size=%lld mode=0%o (0600 as asked: the umask could only have removed bits)", fd,
-            static_cast<long long>(info.st_size), info.st_mode & 0777u);
+    say.say("fstat(fd=%d) = 0: size=%lld mode=0%o", fd, static_cast<long long>(info.st_size), info.st_mode & 0777u);
+    if ((info.st_mode & 0777u) != 0600) {
+        // The mode given to shm_open/open is filtered by the umask: 0600 with umask 0277 becomes
+        // 0400, and a reader of the same user could not open the object for writing. Set the
+        // mode explicitly; fchmod is not filtered.
+        if (::fchmod(fd, 0600) == -1)
+            throw_errno("fchmod(fd=" + std::to_string(fd) + ", 0600)");
+        say.say("fchmod(fd=%d, 0600) = 0: the umask had removed bits from 0600", fd);
+    }
 }
 
 /// Maps the object and prepares the header: the semaphores first, the magic last, so that a
@@ -241,7 +248,7 @@ int run(const Options& options, const posix::Target& target, std::uint64_t capac
     const std::size_t size = kHeaderSize + capacity;
 
     UniqueFd fd = create_object(target, options.force, name, say);
-    size_object(fd.get(), size, say);
+    size_object(fd.get(), size, target, say);
     Mapping mapping = map_and_publish(fd.get(), size, capacity, say);
     // The mapping holds its own reference to the object: the descriptor is no longer needed.
     say.say("close(fd=%d) = 0: the mapping keeps the object open", fd.get());

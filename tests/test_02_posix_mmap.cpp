@@ -381,6 +381,27 @@ TEST_CASE("02: Ctrl-C on a waiting writer removes its object", "[02]") {
     check_nothing_left(leaks);
 }
 
+TEST_CASE("02: the object is created 0600 whatever the umask", "[02]") {
+    LeakCheck leaks;
+    Chapter02 chapter;
+    {
+        ProcessGroup group;
+        mode_t saved = ::umask(0277); // would turn 0600 into 0400; the child inherits it
+        Process& writer = group.start("writer", chapter.writer("30", {"never read"}));
+        ::umask(saved);
+        group.wait_for_stderr(writer, "waiting up to 30 s for a reader");
+        struct stat info {};
+        REQUIRE(::stat(chapter.dev_shm_path().c_str(), &info) == 0);
+        CHECK((info.st_mode & 0777) == 0600);
+        CHECK_THAT(writer.err, contains("fchmod(fd="));
+        group.signal(writer, SIGTERM);
+        group.wait(writer);
+        CHECK(writer.exit_code() == 1);
+    }
+    CHECK_FALSE(chapter.exists());
+    check_nothing_left(leaks);
+}
+
 TEST_CASE("02: shrinking an object under a mapping makes the next access raise SIGBUS", "[02][sigbus]") {
     // The hazard chapter 03's seals cure. It must end in a signal, so it runs in a child that
     // restores SIGBUS's default action first (AddressSanitizer would turn it into exit 1).
