@@ -74,7 +74,7 @@ inline void check_shm_name(const std::string& name) {
 /// What the pair shares: a tmpfs object by `shm_open` name, or (with `--file`) a regular file
 /// by path, to compare the two. The programs make the calls themselves; this only names them.
 struct Target {
-    bool is_file = false;
+    bool is_file = false; ///< true with --file
     std::string path; ///< the shm_open name ("/NAME") or the file's path
 
     const char* open_call() const { return is_file ? "open" : "shm_open"; }     ///< for narration
