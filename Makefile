@@ -12,12 +12,13 @@ SHELL := /bin/bash
 include mk/rules.mk
 include 01-sysv/Module.mk
 include 02-posix-mmap/Module.mk
+include 03-memfd/Module.mk
 include tests/Module.mk
 
 BINARIES := $(call program_binaries)
 $(foreach program,$(PROGRAMS),$(eval $(call link_program,$(program))))
 
-.PHONY: all run run-01 run-02 test check docs clean help
+.PHONY: all run run-01 run-02 run-03 test check docs clean help
 
 all: $(BINARIES) ## build every chapter's programs into build/
 
@@ -29,6 +30,9 @@ run-01: $(filter $(BUILD)/01-sysv/%,$(BINARIES)) ## run chapter 01's pair: Syste
 
 run-02: $(filter $(BUILD)/02-posix-mmap/%,$(BINARIES)) ## run chapter 02's pair: POSIX shared memory and mmap
 	@scripts/run-demos $(BUILD) 02-posix-mmap
+
+run-03: $(filter $(BUILD)/03-memfd/%,$(BINARIES)) ## run chapter 03's pair: memfd, seals and a futex
+	@scripts/run-demos $(BUILD) 03-memfd
 
 test: ## build and run the tests; the last line says "N passed, N failed"
 	@scripts/ensure-packages "Catch2 is the test framework of make test" catch2

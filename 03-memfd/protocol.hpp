@@ -1,0 +1,122 @@
+/// @file 03-memfd/protocol.hpp
+/// @brief Chapter 03: what the writer and the reader agree on (the seals, the futex words in
+///        the mapping) and the futex wait both of them make.
+///
+/// In stream mode the synchronisation is two 32-bit words in the header's chapter area, used
+/// as futexes, plus a claim word:
+///
+/// | offset | size | field      | written by | meaning |
+/// |-------:|-----:|------------|------------|---------|
+/// | 64     | 4    | published  | writer | number of the last block published (the reader waits on it) |
+/// | 128    | 4    | consumed   | reader | number of the last block written out (the writer waits on it); after the end-of-stream block, the confirmation |
+/// | 132    | 4    | reader_pid | reader, once (compare-and-swap from 0) | the claiming reader; the writer waits on it for the claim |
+///
+/// Unlike chapter 02's `sem_t`, these are plain little-endian integers: any language that can
+/// make the `futex(2)` system call can take part.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "error.hpp"
+#include "layout.hpp"
+#include "wait.hpp"
+
+#ifndef MFD_NOEXEC_SEAL
+/// Linux 6.3: the memfd is not executable and cannot be made so. Debian 12's headers lack it.
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+namespace memfd {
+
+/// The name given to memfd_create: only for people, in /proc/PID/fd and /proc/PID/maps.
+inline constexpr const char* kDebugName = "shm-tutorial-03";
+
+/// The seals a stream-mode receiver requires: the size can neither shrink nor grow, so no peer
+/// can make an access to the mapping raise SIGBUS.
+inline constexpr int kStreamSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+/// A snapshot receiver also requires the content to be frozen.
+inline constexpr int kSnapshotSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+
+/// Chapter 03's words in the header's chapter area. Each 64-byte line is written by one side.
+struct Sync {
+    alignas(64) std::atomic<std::uint32_t> published;  ///< written by the writer
+    alignas(64) std::atomic<std::uint32_t> consumed;   ///< written by the reader
+    std::atomic<std::uint32_t> reader_pid;             ///< set once by the reader that claims
+};
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free && sizeof(std::atomic<std::uint32_t>) == 4,
+              "a futex word is a plain 32-bit integer");
+static_assert(sizeof(Sync) <= sizeof(shmtut::SharedHeader::chapter_area));
+static_assert(offsetof(Sync, published) == 0 && offsetof(Sync, consumed) == 64 && offsetof(Sync, reader_pid) == 68);
+
+/// The chapter's words inside a mapped header.
+inline Sync& sync_of(shmtut::SharedHeader& header) {
+    return *reinterpret_cast<Sync*>(header.chapter_area);
+}
+
+/// Seals as text, for narration and errors: "F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL".
+inline std::string seals_text(int seals) {
+    std::string text;
+    auto add = [&](int bit, const char* name) {
+        if ((seals & bit) != 0)
+            text += (text.empty() ? "" : "|") + std::string(name);
+    };
+    add(F_SEAL_SEAL, "F_SEAL_SEAL");
+    add(F_SEAL_SHRINK, "F_SEAL_SHRINK");
+    add(F_SEAL_GROW, "F_SEAL_GROW");
+    add(F_SEAL_WRITE, "F_SEAL_WRITE");
+    add(F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE");
+    return text.empty() ? "none" : text;
+}
+
+/// `futex(FUTEX_WAIT)`: sleeps while `*word == expected`, at most `timeout`. Not
+/// FUTEX_WAIT_PRIVATE: a private futex is keyed by the process's own address space, so a wake
+/// from another process would never find it. Returns 0 when woken, -1 with EAGAIN (the word had
+/// already changed), ETIMEDOUT or EINTR.
+inline long futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const timespec& timeout) {
+    return ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT, expected, &timeout, nullptr, 0);
+}
+
+/// `futex(FUTEX_WAKE)`: wakes the processes sleeping on `word` (one reader or one writer here).
+inline void futex_wake(std::atomic<std::uint32_t>& word) {
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, 1, nullptr, nullptr, 0);
+}
+
+/// How wait_until() ended.
+enum class Waited { kYes, kPeerGone, kTimedOut };
+
+/// Waits until `done(word)` holds: load the word, and if not done, FUTEX_WAIT on the value just
+/// seen (the kernel re-checks it, so a change between the load and the wait is never missed),
+/// for at most one second at a time. Between slices: the peer's pidfd (may be null) and the
+/// deadline (may be null). SIGINT/SIGTERM throw Interrupted.
+template <typename Done>
+Waited wait_until(std::atomic<std::uint32_t>& word, Done done, const shmtut::UniqueFd* peer,
+                  const shmtut::Deadline* deadline) {
+    for (;;) {
+        shmtut::throw_if_stopped();
+        std::uint32_t seen = word.load(std::memory_order_acquire);
+        if (done(seen))
+            return Waited::kYes;
+        timespec slice = deadline != nullptr ? deadline->slice(shmtut::kLivenessInterval)
+                                             : shmtut::to_timespec(shmtut::kLivenessInterval);
+        if (futex_wait(word, seen, slice) == -1 && errno != EAGAIN && errno != ETIMEDOUT && errno != EINTR)
+            shmtut::throw_errno("futex(FUTEX_WAIT)");
+        if (done(word.load(std::memory_order_acquire)))
+            return Waited::kYes;
+        if (peer != nullptr && shmtut::process_exited(*peer))
+            return done(word.load(std::memory_order_acquire)) ? Waited::kYes : Waited::kPeerGone;
+        if (deadline != nullptr && deadline->expired())
+            return Waited::kTimedOut;
+    }
+}
+
+} // namespace memfd
