@@ -259,6 +259,10 @@ void ProcessGroup::wait_for_stdout(Process& process, std::size_t bytes) {
                process.name + " to write " + std::to_string(bytes) + " bytes");
 }
 
+bool ProcessGroup::any_member_alive() const {
+    return group_ > 0 && ::killpg(group_, 0) == 0;
+}
+
 TempDir::TempDir() {
     char pattern[] = "/tmp/shmtut-test.XXXXXX";
     if (::mkdtemp(pattern) == nullptr)

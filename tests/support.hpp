@@ -85,6 +85,8 @@ public:
     void wait_for_stderr(Process& process, const std::string& text);
     /// Until its stdout holds at least `bytes` bytes (or it finished).
     void wait_for_stdout(Process& process, std::size_t bytes);
+    /// True while any process of the group, children of the started programs included, lives.
+    bool any_member_alive() const;
 
 private:
     void pump_once(int poll_ms);
