@@ -31,6 +31,11 @@
 #include "layout.hpp"
 #include "wait.hpp"
 
+#ifndef F_SEAL_EXEC
+/// Linux 6.3: the file's execute bits can no longer change (what MFD_NOEXEC_SEAL adds).
+#define F_SEAL_EXEC 0x0020
+#endif
+
 #ifndef MFD_NOEXEC_SEAL
 /// Linux 6.3: the memfd is not executable and cannot be made so. Debian 12's headers lack it.
 #define MFD_NOEXEC_SEAL 0x0008U
@@ -75,6 +80,7 @@ inline std::string seals_text(int seals) {
     add(F_SEAL_GROW, "F_SEAL_GROW");
     add(F_SEAL_WRITE, "F_SEAL_WRITE");
     add(F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE");
+    add(F_SEAL_EXEC, "F_SEAL_EXEC");
     return text.empty() ? "none" : text;
 }
 

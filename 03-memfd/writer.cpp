@@ -40,6 +40,7 @@
 #include "stream.hpp"
 #include "wait.hpp"
 
+/// The environment, passed on unchanged to the spawned reader (declared by no header).
 extern char** environ;
 
 using namespace shmtut;
@@ -131,7 +132,9 @@ pid_t spawn_reader(int fd, const Options& options, const Settings& settings, con
     std::string path(self, static_cast<std::size_t>(n));
     path = path.substr(0, path.rfind('/') + 1) + "reader";
 
-    std::vector<std::string> args = {path, "--fd", std::to_string(fd), "--timeout", std::to_string(options.timeout_seconds)};
+    char timeout[32];
+    std::snprintf(timeout, sizeof timeout, "%g", options.timeout_seconds);
+    std::vector<std::string> args = {path, "--fd", std::to_string(fd), "--timeout", timeout};
     if (settings.snapshot)
         args.push_back("--snapshot");
     if (options.quiet)
