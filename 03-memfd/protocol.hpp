@@ -29,17 +29,8 @@
 
 #include "error.hpp"
 #include "layout.hpp"
+#include "seals.hpp"
 #include "wait.hpp"
-
-#ifndef F_SEAL_EXEC
-/// Linux 6.3: the file's execute bits can no longer change (what MFD_NOEXEC_SEAL adds).
-#define F_SEAL_EXEC 0x0020
-#endif
-
-#ifndef MFD_NOEXEC_SEAL
-/// Linux 6.3: the memfd is not executable and cannot be made so. Debian 12's headers lack it.
-#define MFD_NOEXEC_SEAL 0x0008U
-#endif
 
 namespace memfd {
 
@@ -66,22 +57,6 @@ static_assert(offsetof(Sync, published) == 0 && offsetof(Sync, consumed) == 64 &
 /// The chapter's words inside a mapped header.
 inline Sync& sync_of(shmtut::SharedHeader& header) {
     return *reinterpret_cast<Sync*>(header.chapter_area);
-}
-
-/// Seals as text, for narration and errors: "F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL".
-inline std::string seals_text(int seals) {
-    std::string text;
-    auto add = [&](int bit, const char* name) {
-        if ((seals & bit) != 0)
-            text += (text.empty() ? "" : "|") + std::string(name);
-    };
-    add(F_SEAL_SEAL, "F_SEAL_SEAL");
-    add(F_SEAL_SHRINK, "F_SEAL_SHRINK");
-    add(F_SEAL_GROW, "F_SEAL_GROW");
-    add(F_SEAL_WRITE, "F_SEAL_WRITE");
-    add(F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE");
-    add(F_SEAL_EXEC, "F_SEAL_EXEC");
-    return text.empty() ? "none" : text;
 }
 
 /// `futex(FUTEX_WAIT)`: sleeps while `*word == expected`, at most `timeout`. Not

@@ -29,6 +29,7 @@
 #include "options.hpp"
 #include "owners.hpp"
 #include "protocol.hpp"
+#include "seals.hpp"
 #include "stream.hpp"
 #include "wait.hpp"
 
@@ -98,36 +99,10 @@ UniqueFd get_descriptor(const Settings& settings, const Narrator& say) {
 }
 
 /// Checks the descriptor before mapping anything: a regular file, at least a header long,
-/// carrying the seals this mode requires, and a memfd. Returns the real size.
+/// carrying the seals this mode requires, and a memfd (see check_sealed_memfd() in common/,
+/// where these checks live so that later chapters reuse them). Returns the real size.
 std::uint64_t check_descriptor(int fd, const Settings& settings, const Narrator& say) {
-    struct stat info {};
-    if (::fstat(fd, &info) == -1)
-        throw_errno("fstat(fd=" + std::to_string(fd) + ")");
-    if (!S_ISREG(info.st_mode))
-        throw Failure("descriptor " + std::to_string(fd) + " is not a regular file (a pipe, a socket, a directory?): "
-                      "refusing it");
-    if (static_cast<std::uint64_t>(info.st_size) < kHeaderSize)
-        throw Failure("descriptor " + std::to_string(fd) + " has " + std::to_string(info.st_size) +
-                      " bytes, less than the " + std::to_string(kHeaderSize) + "-byte header: refusing it");
-
-    int seals = ::fcntl(fd, F_GET_SEALS);
-    if (seals == -1)
-        throw_errno("fcntl(fd=" + std::to_string(fd) + ", F_GET_SEALS)", "a file that cannot be sealed: refusing it");
-    int required = settings.snapshot ? memfd::kSnapshotSeals : memfd::kStreamSeals;
-    if ((seals & required) != required)
-        throw Failure("descriptor " + std::to_string(fd) + " has seals " + memfd::seals_text(seals) + ", needs " +
-                      memfd::seals_text(required) + ": refusing it");
-
-    // F_GET_SEALS also answers for a /dev/shm object; the link tells a memfd apart.
-    char link[256] = {};
-    std::string self = "/proc/self/fd/" + std::to_string(fd);
-    if (::readlink(self.c_str(), link, sizeof link - 1) == -1)
-        throw_errno("readlink(\"" + self + "\")");
-    if (std::string(link).rfind("/memfd:", 0) != 0)
-        throw Failure("descriptor " + std::to_string(fd) + " is " + link + ", not a memfd: refusing it");
-    say.say("fstat(fd=%d): regular, size=%lld; F_GET_SEALS: %s; %s -> %s", fd, static_cast<long long>(info.st_size),
-            memfd::seals_text(seals).c_str(), self.c_str(), link);
-    return static_cast<std::uint64_t>(info.st_size);
+    return check_sealed_memfd(fd, settings.snapshot ? memfd::kSnapshotSeals : memfd::kStreamSeals, kHeaderSize, say);
 }
 
 /// The writer's pid: the one we opened the descriptor from, or our parent that spawned us; the

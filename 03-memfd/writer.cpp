@@ -106,10 +106,10 @@ void size_memfd(int fd, std::size_t size, const Narrator& say) {
 /// forever. F_SEAL_SEAL last: no seal can be added or removed after it.
 void add_seals(int fd, int seals, const Narrator& say) {
     if (::fcntl(fd, F_ADD_SEALS, seals) == -1)
-        throw_errno("fcntl(fd=" + std::to_string(fd) + ", F_ADD_SEALS, " + memfd::seals_text(seals) + ")");
+        throw_errno("fcntl(fd=" + std::to_string(fd) + ", F_ADD_SEALS, " + seals_text(seals) + ")");
     int now = ::fcntl(fd, F_GET_SEALS);
-    say.say("fcntl(fd=%d, F_ADD_SEALS, %s) = 0; F_GET_SEALS: %s", fd, memfd::seals_text(seals).c_str(),
-            memfd::seals_text(now).c_str());
+    say.say("fcntl(fd=%d, F_ADD_SEALS, %s) = 0; F_GET_SEALS: %s", fd, seals_text(seals).c_str(),
+            seals_text(now).c_str());
 }
 
 Mapping map_shared(int fd, std::size_t size, const Narrator& say) {
