@@ -13,12 +13,13 @@ include mk/rules.mk
 include 01-sysv/Module.mk
 include 02-posix-mmap/Module.mk
 include 03-memfd/Module.mk
+include 04-fd-passing/Module.mk
 include tests/Module.mk
 
 BINARIES := $(call program_binaries)
 $(foreach program,$(PROGRAMS),$(eval $(call link_program,$(program))))
 
-.PHONY: all run run-01 run-02 run-03 test check docs clean help
+.PHONY: all run run-01 run-02 run-03 run-04 test check docs clean help
 
 all: $(BINARIES) ## build every chapter's programs into build/
 
@@ -33,6 +34,9 @@ run-02: $(filter $(BUILD)/02-posix-mmap/%,$(BINARIES)) ## run chapter 02's pair:
 
 run-03: $(filter $(BUILD)/03-memfd/%,$(BINARIES)) ## run chapter 03's pair: memfd, seals and a futex
 	@scripts/run-demos $(BUILD) 03-memfd
+
+run-04: $(filter $(BUILD)/04-fd-passing/%,$(BINARIES)) ## run chapter 04's pair: a memfd passed over a Unix socket
+	@scripts/run-demos $(BUILD) 04-fd-passing
 
 test: ## build and run the tests; the last line says "N passed, N failed"
 	@scripts/ensure-packages "Catch2 is the test framework of make test" catch2
