@@ -96,7 +96,7 @@ inline void send_message(int socket_fd, std::uint32_t type, std::uint64_t length
             if (errno == EINTR)
                 continue;
             shmtut::throw_errno(std::string("send(") + type_name(type) + ")",
-                                errno == EPIPE || errno == ECONNRESET ? "the peer closed the connection" : "");
+                                errno == EPIPE || errno == ECONNRESET ? "the peer closed the connection: it died or stopped" : "");
         }
         sent += static_cast<std::size_t>(n);
     }
@@ -163,7 +163,8 @@ struct Received {
 
 /// One `recvmsg` into a 16-byte message and a control buffer sized for one descriptor,
 /// `CMSG_SPACE(sizeof(int))`: 24 bytes on 64-bit Linux, which (alignment) holds two. With
-/// MSG_CMSG_CLOEXEC every received descriptor is close-on-exec at once. Returns 0 bytes at EOF.
+/// MSG_CMSG_CLOEXEC every received descriptor is close-on-exec at once. Returns 0 bytes at EOF
+/// (and on ECONNRESET: a peer that died with unread data resets the connection).
 inline Received receive_once(int socket_fd) {
     Received got;
     iovec data{&got.message, sizeof got.message};
@@ -179,8 +180,10 @@ inline Received receive_once(int socket_fd) {
     ssize_t n;
     while ((n = ::recvmsg(socket_fd, &header, MSG_CMSG_CLOEXEC)) == -1 && errno == EINTR)
         shmtut::throw_if_stopped();
+    if (n == -1 && errno == ECONNRESET)
+        return got; // the peer died with our last message unread: the same as end of file
     if (n == -1)
-        shmtut::throw_errno("recvmsg", errno == ECONNRESET ? "the peer closed the connection" : "");
+        shmtut::throw_errno("recvmsg");
     got.bytes = static_cast<std::size_t>(n);
     got.truncated = (header.msg_flags & MSG_CTRUNC) != 0;
     // Take ownership of every descriptor first, whatever else is wrong: counted from cmsg_len,
