@@ -155,9 +155,9 @@ inline bool wait_readable(int socket_fd, const shmtut::Deadline* deadline) {
 /// What a receive got: the message bytes (as many as arrived, at most 16) and every descriptor
 /// that came with them, each owned, so that every path closes them.
 struct Received {
-    Message message{};
-    std::size_t bytes = 0;
-    std::vector<shmtut::UniqueFd> descriptors;
+    Message message{};                        ///< the data bytes (valid up to `bytes`)
+    std::size_t bytes = 0;                    ///< how many data bytes arrived; 0 at end of file
+    std::vector<shmtut::UniqueFd> descriptors; ///< every descriptor that arrived, owned
     bool truncated = false; ///< MSG_CTRUNC: the kernel dropped descriptors that did not fit
 };
 
