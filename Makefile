@@ -14,12 +14,13 @@ include 01-sysv/Module.mk
 include 02-posix-mmap/Module.mk
 include 03-memfd/Module.mk
 include 04-fd-passing/Module.mk
+include 05-dma-buf/Module.mk
 include tests/Module.mk
 
 BINARIES := $(call program_binaries)
 $(foreach program,$(PROGRAMS),$(eval $(call link_program,$(program))))
 
-.PHONY: all run run-01 run-02 run-03 run-04 test check docs clean help
+.PHONY: all run run-01 run-02 run-03 run-04 run-05 vm-05 test check docs clean help
 
 all: $(BINARIES) ## build every chapter's programs into build/
 
@@ -37,6 +38,12 @@ run-03: $(filter $(BUILD)/03-memfd/%,$(BINARIES)) ## run chapter 03's pair: memf
 
 run-04: $(filter $(BUILD)/04-fd-passing/%,$(BINARIES)) ## run chapter 04's pair: a memfd passed over a Unix socket
 	@scripts/run-demos $(BUILD) 04-fd-passing
+
+run-05: $(filter $(BUILD)/05-dma-buf/%,$(BINARIES)) ## run chapter 05's pair: dma-buf (skipped where the kernel lacks it)
+	@scripts/run-demos $(BUILD) 05-dma-buf
+
+vm-05: ## run chapters 05 and 01-04 in a tiny VM with dma-buf (builds a kernel once, about 7 minutes)
+	@05-dma-buf/vm/run-vm
 
 test: ## build and run the tests; the last line says "N passed, N failed"
 	@scripts/ensure-packages "Catch2 is the test framework of make test" catch2

@@ -27,11 +27,14 @@
 #include <vector>
 
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "error.hpp"
+#include "narrate.hpp"
+#include "options.hpp"
 #include "owners.hpp"
 #include "wait.hpp"
 
@@ -247,6 +250,216 @@ inline shmtut::UniqueFd receive_descriptor(int socket_fd, const shmtut::Deadline
         throw shmtut::Failure("refused: HELLO came with " + std::to_string(got.descriptors.size()) +
                               " descriptors, expected exactly 1");
     return std::move(got.descriptors.front());
+}
+
+// The socket's two ends, as both chapter 04 programs (and chapter 05's, which reuse them) make
+// them. Each function makes the calls it is named for, narrated.
+
+using shmtut::Deadline;
+using shmtut::Failure;
+using shmtut::Narrator;
+using shmtut::Options;
+using shmtut::SysError;
+using shmtut::UniqueFd;
+using shmtut::kLivenessInterval;
+using shmtut::seconds_text;
+using shmtut::throw_errno;
+using shmtut::throw_error;
+using shmtut::throw_if_stopped;
+using shmtut::pause_briefly;
+
+/// Removes the socket file on every path (a path socket's file outlives the socket otherwise).
+struct SocketFile {
+    const Narrator& say;
+    std::string path; ///< empty: nothing to remove (abstract name, or already removed)
+    explicit SocketFile(const Narrator& n) : say(n) {}
+    SocketFile(const SocketFile&) = delete;
+    SocketFile& operator=(const SocketFile&) = delete;
+    ~SocketFile() {
+        if (!path.empty() && ::unlink(path.c_str()) == 0)
+            say.say("unlink(\"%s\") = 0 (cleaning up)", path.c_str());
+    }
+};
+
+/// True if something listens at the address: connect succeeds. A socket file nobody listens on
+/// (ECONNREFUSED) was left by a process that died.
+inline bool someone_listens(const sockaddr_un& address, socklen_t length) {
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    return probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0;
+}
+
+/// socket, bind, listen. A path socket is created 0600 (the umask is narrowed around bind, which
+/// takes its mode from it): connecting needs write permission on the file. An abstract name has
+/// no file and no permissions: anyone may connect, so the credentials check below matters.
+inline UniqueFd listen_on(const std::string& name, bool force, SocketFile& file, const Narrator& say) {
+    sockaddr_un address{};
+    socklen_t length = make_address(name, address);
+    bool abstract = name[0] == '@';
+    UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!listener)
+        throw_errno("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC)");
+    auto bind_it = [&] {
+        mode_t saved = ::umask(0177);
+        int result = ::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), length);
+        int saved_errno = errno;
+        ::umask(saved);
+        errno = saved_errno;
+        return result;
+    };
+    int result = bind_it();
+    if (result == -1 && errno == EADDRINUSE && !abstract) {
+        if (someone_listens(address, length))
+            throw_error(EADDRINUSE, "bind(\"" + name + "\")", "a writer is already listening there");
+        if (!force)
+            throw_error(EADDRINUSE, "bind(\"" + name + "\")",
+                        "a socket file left by a crashed run (nobody listens on it); remove it with 'rm " + name +
+                            "', or start the writer with --force");
+        if (::unlink(name.c_str()) == 0)
+            say.say("--force: unlink(\"%s\") = 0: removed the stale socket file", name.c_str());
+        result = bind_it();
+    }
+    if (result == -1)
+        throw_errno("bind(\"" + name + "\")", errno == EADDRINUSE ? "the name is in use" : "");
+    if (!abstract)
+        file.path = name;
+    if (::listen(listener.get(), 4) == -1)
+        throw_errno("listen");
+    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC) = %d, bind(\"%s\")%s, listen = 0", listener.get(), name.c_str(),
+            abstract ? " (abstract: no file)" : " (file mode 0600)");
+    return listener;
+}
+
+/// Accepts one connection, waiting (bounded) for it. SO_PEERCRED gives the peer's pid, uid and
+/// gid as the kernel recorded them at connect: a peer of another user is refused.
+inline UniqueFd accept_reader(int listener, const Options& options, const char* default_name, const char* reader_program,
+                       const Narrator& say) {
+    say.say("waiting up to %s for a reader: start %s%s%s", seconds_text(options.timeout_seconds).c_str(),
+            reader_program, options.name == default_name ? "" : " --name ",
+            options.name == default_name ? "" : options.name.c_str());
+    Deadline deadline(options.timeout_seconds);
+    for (;;) {
+        if (!wait_readable(listener, &deadline))
+            throw Failure("no reader connected within " + seconds_text(options.timeout_seconds) +
+                          ": start the reader while the writer waits, or give the writer a longer --timeout");
+        UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+        if (!connection) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            throw_errno("accept4");
+        }
+        ucred peer{};
+        socklen_t size = sizeof peer;
+        if (::getsockopt(connection.get(), SOL_SOCKET, SO_PEERCRED, &peer, &size) == -1)
+            throw_errno("getsockopt(SO_PEERCRED)");
+        if (peer.uid != ::geteuid()) {
+            say.say("accept4 = %d: SO_PEERCRED pid=%d uid=%u: another user, refused and closed", connection.get(),
+                    peer.pid, peer.uid);
+            continue;
+        }
+        say.say("accept4 = %d; getsockopt(SO_PEERCRED): pid=%d uid=%u gid=%u, the same user", connection.get(), peer.pid,
+                peer.uid, peer.gid);
+        return connection;
+    }
+}
+
+/// One writer serves one reader: anyone else who connects meanwhile gets BUSY and is closed.
+inline void refuse_others(int listener, const Narrator& say) {
+    pollfd entry{listener, POLLIN, 0};
+    while (::poll(&entry, 1, 0) == 1) {
+        UniqueFd other(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+        if (!other)
+            return;
+        try {
+            send_message(other.get(), kBusy);
+        } catch (const SysError&) {
+        }
+        say.say("another client connected: sent BUSY and closed it");
+    }
+}
+
+/// Waits for the reader's CONSUMED while answering other clients; a closed socket means the
+/// reader died. `deadline` (may be null) bounds the wait.
+inline void wait_consumed(int connection, int listener, const Deadline* deadline, const Narrator& say) {
+    for (;;) {
+        throw_if_stopped();
+        pollfd entries[2] = {{connection, POLLIN, 0}, {listener, POLLIN, 0}};
+        int ready = ::poll(entries, 2, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
+        if (ready == -1 && errno != EINTR)
+            throw_errno("poll");
+        if (entries[1].revents != 0)
+            refuse_others(listener, say);
+        if (entries[0].revents != 0)
+            break;
+        if (deadline != nullptr && deadline->expired())
+            throw Failure("the reader did not confirm within the timeout");
+    }
+    Message reply{};
+    try {
+        reply = receive_message(connection, deadline, "the reader's CONSUMED");
+    } catch (const Failure& e) {
+        throw Failure(std::string("the reader died or misbehaved before the end of the stream: ") + e.what());
+    }
+    if (reply.type != kConsumed)
+        throw Failure(std::string("the reader sent ") + type_name(reply.type) + " instead of CONSUMED");
+}
+
+/// Connects, waiting (bounded) while the socket file does not exist (ENOENT) or nobody listens
+/// (ECONNREFUSED).
+inline UniqueFd connect_to_writer(const std::string& name, const Deadline& deadline, const char* writer_program,
+                                  const Narrator& say) {
+    sockaddr_un address{};
+    socklen_t length = make_address(name, address);
+    bool said_waiting = false;
+    for (;;) {
+        UniqueFd socket_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!socket_fd)
+            throw_errno("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC)");
+        if (::connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0) {
+            say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", socket_fd.get(), name.c_str());
+            return socket_fd;
+        }
+        if (errno != ENOENT && errno != ECONNREFUSED)
+            throw_errno("connect(\"" + name + "\")",
+                        errno == EACCES ? "the socket file or its directory does not let this user connect" : "");
+        if (deadline.expired())
+            throw_errno("connect(\"" + name + "\")", "nothing listened within " + seconds_text(deadline.seconds()) +
+                                                         ": is the writer running? start it first");
+        if (!said_waiting)
+            say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), writer_program);
+        said_waiting = true;
+        pause_briefly(std::chrono::milliseconds(50));
+        throw_if_stopped();
+    }
+}
+
+/// The server's credentials, as the kernel recorded them when it called listen: anyone can bind
+/// an abstract name first, so the reader checks who it is talking to. Returns the writer's pid.
+inline pid_t check_writer(int socket_fd, const Narrator& say) {
+    ucred peer{};
+    socklen_t size = sizeof peer;
+    if (::getsockopt(socket_fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) == -1)
+        throw_errno("getsockopt(SO_PEERCRED)");
+    if (peer.uid != ::geteuid())
+        throw Failure("the process listening there (pid " + std::to_string(peer.pid) + ") belongs to uid " +
+                      std::to_string(peer.uid) + ", not to this user: refusing it");
+    say.say("getsockopt(SO_PEERCRED): pid=%d uid=%u gid=%u, the same user", peer.pid, peer.uid, peer.gid);
+    return peer.pid;
+}
+
+/// If the writer died with its socket file in place, the file is stale: remove it, if it is still
+/// a socket and nobody listens on it.
+inline void remove_stale_socket(const std::string& name, const Narrator& say) {
+    if (name.empty() || name[0] == '@')
+        return; // an abstract name vanished with the writer's socket
+    struct stat info {};
+    if (::lstat(name.c_str(), &info) == -1 || !S_ISSOCK(info.st_mode))
+        return;
+    sockaddr_un address{};
+    socklen_t length = make_address(name, address);
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == -1 &&
+        errno == ECONNREFUSED && ::unlink(name.c_str()) == 0)
+        say.say("unlink(\"%s\") = 0: removed the socket file the dead writer left", name.c_str());
 }
 
 } // namespace fdpass

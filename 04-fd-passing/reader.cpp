@@ -57,72 +57,13 @@ Exit status: 0 the whole stream arrived; 1 a runtime failure (no writer, a refus
 descriptor, another reader, the writer died); 2 a usage error.
 )";
 
-/// Connects, waiting (bounded) while the socket file does not exist (ENOENT) or nobody listens
-/// (ECONNREFUSED).
-UniqueFd connect_to_writer(const std::string& name, const Deadline& deadline, const Narrator& say) {
-    sockaddr_un address{};
-    socklen_t length = fdpass::make_address(name, address);
-    bool said_waiting = false;
-    for (;;) {
-        UniqueFd socket_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!socket_fd)
-            throw_errno("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC)");
-        if (::connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0) {
-            say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", socket_fd.get(), name.c_str());
-            return socket_fd;
-        }
-        if (errno != ENOENT && errno != ECONNREFUSED)
-            throw_errno("connect(\"" + name + "\")",
-                        errno == EACCES ? "the socket file or its directory does not let this user connect" : "");
-        if (deadline.expired())
-            throw_errno("connect(\"" + name + "\")", "nothing listened within " + seconds_text(deadline.seconds()) +
-                                                         ": is the writer running? start it first");
-        if (!said_waiting)
-            say.say("waiting up to %s for a writer: start build/04-fd-passing/writer",
-                    seconds_text(deadline.seconds()).c_str());
-        said_waiting = true;
-        pause_briefly(std::chrono::milliseconds(50));
-        throw_if_stopped();
-    }
-}
-
-/// The server's credentials, as the kernel recorded them when it called listen: anyone can bind
-/// an abstract name first, so the reader checks who it is talking to. Returns the writer's pid.
-pid_t check_writer(int socket_fd, const Narrator& say) {
-    ucred peer{};
-    socklen_t size = sizeof peer;
-    if (::getsockopt(socket_fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) == -1)
-        throw_errno("getsockopt(SO_PEERCRED)");
-    if (peer.uid != ::geteuid())
-        throw Failure("the process listening there (pid " + std::to_string(peer.pid) + ") belongs to uid " +
-                      std::to_string(peer.uid) + ", not to this user: refusing it");
-    say.say("getsockopt(SO_PEERCRED): pid=%d uid=%u gid=%u, the same user", peer.pid, peer.uid, peer.gid);
-    return peer.pid;
-}
-
-/// If the writer died with its socket file in place, the file is stale: remove it, if it is still
-/// a socket and nobody listens on it.
-void remove_stale_socket(const std::string& name, const Narrator& say) {
-    if (name.empty() || name[0] == '@')
-        return; // an abstract name vanished with the writer's socket
-    struct stat info {};
-    if (::lstat(name.c_str(), &info) == -1 || !S_ISSOCK(info.st_mode))
-        return;
-    sockaddr_un address{};
-    socklen_t length = fdpass::make_address(name, address);
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == -1 &&
-        errno == ECONNREFUSED && ::unlink(name.c_str()) == 0)
-        say.say("unlink(\"%s\") = 0: removed the socket file the dead writer left", name.c_str());
-}
-
 int run(const Options& options) {
     Narrator say("reader", options.quiet);
     install_stop_handlers();
     Deadline deadline(options.timeout_seconds);
 
-    UniqueFd connection = connect_to_writer(options.name, deadline, say);
-    pid_t writer_pid = check_writer(connection.get(), say);
+    UniqueFd connection = fdpass::connect_to_writer(options.name, deadline, "build/04-fd-passing/writer", say);
+    pid_t writer_pid = fdpass::check_writer(connection.get(), say);
 
     UniqueFd memory = fdpass::receive_descriptor(connection.get(), deadline);
     say.say("recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: HELLO, 1 descriptor (SCM_RIGHTS), no MSG_CTRUNC: fd %d",
@@ -154,7 +95,7 @@ int run(const Options& options) {
         try {
             message = fdpass::receive_message(connection.get(), nullptr, "the next message");
         } catch (const Failure& e) {
-            remove_stale_socket(options.name, say);
+            fdpass::remove_stale_socket(options.name, say);
             throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
                           e.what() + ")");
         }

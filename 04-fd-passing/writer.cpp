@@ -61,19 +61,6 @@ Options:
 Exit status: 0 the reader confirmed the whole stream; 1 a runtime failure; 2 a usage error.
 )";
 
-/// Removes the socket file on every path (a path socket's file outlives the socket otherwise).
-struct SocketFile {
-    const Narrator& say;
-    std::string path; ///< empty: nothing to remove (abstract name, or already removed)
-    explicit SocketFile(const Narrator& n) : say(n) {}
-    SocketFile(const SocketFile&) = delete;
-    SocketFile& operator=(const SocketFile&) = delete;
-    ~SocketFile() {
-        if (!path.empty() && ::unlink(path.c_str()) == 0)
-            say.say("unlink(\"%s\") = 0 (cleaning up)", path.c_str());
-    }
-};
-
 /// A sealed memfd with a published header, as chapter 03 makes it.
 UniqueFd create_memory(Mapping& mapping, const Narrator& say) {
     UniqueFd fd(::memfd_create("shm-tutorial-04", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL));
@@ -98,136 +85,15 @@ UniqueFd create_memory(Mapping& mapping, const Narrator& say) {
     return fd;
 }
 
-/// True if something listens at the address: connect succeeds. A socket file nobody listens on
-/// (ECONNREFUSED) was left by a process that died.
-bool someone_listens(const sockaddr_un& address, socklen_t length) {
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    return probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0;
-}
-
-/// socket, bind, listen. A path socket is created 0600 (the umask is narrowed around bind, which
-/// takes its mode from it): connecting needs write permission on the file. An abstract name has
-/// no file and no permissions: anyone may connect, so the credentials check below matters.
-UniqueFd listen_on(const std::string& name, bool force, SocketFile& file, const Narrator& say) {
-    sockaddr_un address{};
-    socklen_t length = fdpass::make_address(name, address);
-    bool abstract = name[0] == '@';
-    UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!listener)
-        throw_errno("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC)");
-    auto bind_it = [&] {
-        mode_t saved = ::umask(0177);
-        int result = ::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), length);
-        int saved_errno = errno;
-        ::umask(saved);
-        errno = saved_errno;
-        return result;
-    };
-    int result = bind_it();
-    if (result == -1 && errno == EADDRINUSE && !abstract) {
-        if (someone_listens(address, length))
-            throw_error(EADDRINUSE, "bind(\"" + name + "\")", "a writer is already listening there");
-        if (!force)
-            throw_error(EADDRINUSE, "bind(\"" + name + "\")",
-                        "a socket file left by a crashed run (nobody listens on it); remove it with 'rm " + name +
-                            "', or start the writer with --force");
-        if (::unlink(name.c_str()) == 0)
-            say.say("--force: unlink(\"%s\") = 0: removed the stale socket file", name.c_str());
-        result = bind_it();
-    }
-    if (result == -1)
-        throw_errno("bind(\"" + name + "\")", errno == EADDRINUSE ? "the name is in use" : "");
-    if (!abstract)
-        file.path = name;
-    if (::listen(listener.get(), 4) == -1)
-        throw_errno("listen");
-    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC) = %d, bind(\"%s\")%s, listen = 0", listener.get(), name.c_str(),
-            abstract ? " (abstract: no file)" : " (file mode 0600)");
-    return listener;
-}
-
-/// Accepts one connection, waiting (bounded) for it. SO_PEERCRED gives the peer's pid, uid and
-/// gid as the kernel recorded them at connect: a peer of another user is refused.
-UniqueFd accept_reader(int listener, const Options& options, const Narrator& say) {
-    say.say("waiting up to %s for a reader: start build/04-fd-passing/reader%s%s",
-            seconds_text(options.timeout_seconds).c_str(), options.name == fdpass::kDefaultName ? "" : " --name ",
-            options.name == fdpass::kDefaultName ? "" : options.name.c_str());
-    Deadline deadline(options.timeout_seconds);
-    for (;;) {
-        if (!fdpass::wait_readable(listener, &deadline))
-            throw Failure("no reader connected within " + seconds_text(options.timeout_seconds) +
-                          ": start the reader while the writer waits, or give the writer a longer --timeout");
-        UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
-        if (!connection) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            throw_errno("accept4");
-        }
-        ucred peer{};
-        socklen_t size = sizeof peer;
-        if (::getsockopt(connection.get(), SOL_SOCKET, SO_PEERCRED, &peer, &size) == -1)
-            throw_errno("getsockopt(SO_PEERCRED)");
-        if (peer.uid != ::geteuid()) {
-            say.say("accept4 = %d: SO_PEERCRED pid=%d uid=%u: another user, refused and closed", connection.get(),
-                    peer.pid, peer.uid);
-            continue;
-        }
-        say.say("accept4 = %d; getsockopt(SO_PEERCRED): pid=%d uid=%u gid=%u, the same user", connection.get(), peer.pid,
-                peer.uid, peer.gid);
-        return connection;
-    }
-}
-
-/// One writer serves one reader: anyone else who connects meanwhile gets BUSY and is closed.
-void refuse_others(int listener, const Narrator& say) {
-    pollfd entry{listener, POLLIN, 0};
-    while (::poll(&entry, 1, 0) == 1) {
-        UniqueFd other(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
-        if (!other)
-            return;
-        try {
-            fdpass::send_message(other.get(), fdpass::kBusy);
-        } catch (const SysError&) {
-        }
-        say.say("another client connected: sent BUSY and closed it");
-    }
-}
-
-/// Waits for the reader's CONSUMED while answering other clients; a closed socket means the
-/// reader died. `deadline` (may be null) bounds the wait.
-void wait_consumed(int connection, int listener, const Deadline* deadline, const Narrator& say) {
-    for (;;) {
-        throw_if_stopped();
-        pollfd entries[2] = {{connection, POLLIN, 0}, {listener, POLLIN, 0}};
-        int ready = ::poll(entries, 2, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
-        if (ready == -1 && errno != EINTR)
-            throw_errno("poll");
-        if (entries[1].revents != 0)
-            refuse_others(listener, say);
-        if (entries[0].revents != 0)
-            break;
-        if (deadline != nullptr && deadline->expired())
-            throw Failure("the reader did not confirm within the timeout");
-    }
-    fdpass::Message reply{};
-    try {
-        reply = fdpass::receive_message(connection, deadline, "the reader's CONSUMED");
-    } catch (const Failure& e) {
-        throw Failure(std::string("the reader died or misbehaved before the end of the stream: ") + e.what());
-    }
-    if (reply.type != fdpass::kConsumed)
-        throw Failure(std::string("the reader sent ") + fdpass::type_name(reply.type) + " instead of CONSUMED");
-}
-
 int run(const Options& options) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
-    SocketFile file(say);
+    fdpass::SocketFile file(say);
 
     Mapping mapping;
     UniqueFd memory = create_memory(mapping, say);
-    UniqueFd listener = listen_on(options.name, options.force, file, say);
-    UniqueFd connection = accept_reader(listener.get(), options, say);
+    UniqueFd listener = fdpass::listen_on(options.name, options.force, file, say);
+    UniqueFd connection = fdpass::accept_reader(listener.get(), options, fdpass::kDefaultName, "build/04-fd-passing/reader", say);
 
     // The hand-over: 16 bytes of data that say what the descriptor is, and the descriptor.
     fdpass::send_descriptor(connection.get(), fdpass::Message{fdpass::kMagic, fdpass::kHello, 0}, memory.get());
@@ -241,7 +107,7 @@ int run(const Options& options) {
     int conn = connection.get(), listen_fd = listener.get();
     for (;;) {
         std::size_t length = input.next(data, kDefaultDataCapacity, [&] {
-            refuse_others(listen_fd, say);
+            fdpass::refuse_others(listen_fd, say);
             pollfd entry{conn, POLLIN | POLLRDHUP, 0};
             return !(::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0);
         });
@@ -251,14 +117,14 @@ int run(const Options& options) {
         if (++blocks == 1)
             say.say("send(BLOCK, %zu bytes) (each further block goes the same way, quietly)", length);
         total += length;
-        wait_consumed(conn, listen_fd, nullptr, say);
+        fdpass::wait_consumed(conn, listen_fd, nullptr, say);
     }
     fdpass::send_message(conn, fdpass::kEnd);
     say.say("%llu bytes sent in %llu block(s); send(END); waiting up to %s for the reader to confirm",
             static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks),
             seconds_text(options.timeout_seconds).c_str());
     Deadline deadline(options.timeout_seconds);
-    wait_consumed(conn, listen_fd, &deadline, say);
+    fdpass::wait_consumed(conn, listen_fd, &deadline, say);
     say.say("the reader confirmed the end of the stream");
 
     if (!file.path.empty()) {

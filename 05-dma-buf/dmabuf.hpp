@@ -1,0 +1,64 @@
+/// @file 05-dma-buf/dmabuf.hpp
+/// @brief Chapter 05: what both programs need to know about dma-buf: where the devices are, how
+///        to say that this machine lacks them, and the CPU-access bracket `DMA_BUF_IOCTL_SYNC`.
+///
+/// The socket protocol is chapter 04's, reused as it is (`04-fd-passing/protocol.hpp`): a HELLO
+/// carrying one descriptor, now a dma-buf, then BLOCK / CONSUMED / END.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include <linux/dma-buf.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "error.hpp"
+
+namespace dmabuf {
+
+/// The system heap's device (CONFIG_DMABUF_HEAPS_SYSTEM, Linux 5.6).
+inline constexpr const char* kSystemHeap = "/dev/dma_heap/system";
+/// The udmabuf device (CONFIG_UDMABUF, Linux 4.20): a dma-buf made from a memfd.
+inline constexpr const char* kUdmabuf = "/dev/udmabuf";
+/// The default socket, as in chapter 04.
+inline constexpr const char* kDefaultName = "/tmp/shm-tutorial-05.sock";
+
+/// Throws Unsupported (exit status 77) for a device that `open` refused: missing (the kernel
+/// lacks the option) or not accessible (the device node's permissions).
+[[noreturn]] inline void device_unavailable(const char* device, const char* option, int error) {
+    if (error == ENOENT)
+        throw shmtut::Unsupported(std::string(device) + " does not exist: this kernel lacks " + option +
+                                  "; run the chapter in its virtual machine: make vm-05");
+    if (error == EACCES || error == EPERM)
+        throw shmtut::Unsupported(std::string(device) + " exists but this user may not open it (" + std::strerror(error) +
+                                  "): it is usually root-only; a udev rule or a group (ls -l " + device +
+                                  ") grants access, or run the chapter in its virtual machine: make vm-05");
+    shmtut::throw_error(error, std::string("open(\"") + device + "\")");
+}
+
+/// Is there any way to make a dma-buf here? The reader needs no device itself, but without one no
+/// writer can run, so both programs say so the same way (exit status 77).
+inline void require_some_device() {
+    if (::access(kSystemHeap, F_OK) == 0 || ::access(kUdmabuf, F_OK) == 0)
+        return;
+    throw shmtut::Unsupported(std::string("neither ") + kSystemHeap + " nor " + kUdmabuf +
+                              " exists: this kernel lacks CONFIG_DMABUF_HEAPS_SYSTEM and CONFIG_UDMABUF; "
+                              "run the chapter in its virtual machine: make vm-05");
+}
+
+/// DMA_BUF_IOCTL_SYNC: brackets every CPU access to a mapping. START before the CPU touches the
+/// memory (the exporter makes the device's writes visible: cache invalidation on hardware whose
+/// devices do not snoop the CPU caches), END after (the CPU's writes are flushed for the
+/// device). READ, WRITE or both say which way the data goes.
+inline void sync(int dmabuf_fd, std::uint64_t flags, const char* what) {
+    dma_buf_sync request{flags};
+    while (::ioctl(dmabuf_fd, DMA_BUF_IOCTL_SYNC, &request) == -1) {
+        if (errno != EINTR && errno != EAGAIN)
+            shmtut::throw_errno(std::string("ioctl(DMA_BUF_IOCTL_SYNC, ") + what + ")");
+    }
+}
+
+} // namespace dmabuf
