@@ -98,9 +98,12 @@ key_t make_key(const Options& options, Created& created, const Narrator& say) {
     if (fd != -1) {
         created.key_file = path;
         ssize_t written = ::write(fd, sysv::kKeyFileMarker.data(), sysv::kKeyFileMarker.size());
+        int saved_errno = errno;
         ::close(fd);
+        if (written == -1)
+            throw_error(saved_errno, "write(\"" + path + "\")");
         if (written != static_cast<ssize_t>(sysv::kKeyFileMarker.size()))
-            throw_errno("write(\"" + path + "\")");
+            throw Failure("write(\"" + path + "\"): short write to the key file");
         say.say("open(\"%s\", O_CREAT|O_EXCL, 0600) = created the key file", path.c_str());
     } else if (errno != EEXIST) {
         throw_errno("open(\"" + path + "\", O_CREAT|O_EXCL)", "--name must be a path this user can create or read");

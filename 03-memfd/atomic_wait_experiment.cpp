@@ -55,7 +55,14 @@ bool child_wakes(Atomic& target, int head_start_ms, Notify notify) {
         target.wait(0); // returns when the value is no longer 0 and a wake (or a spin) sees it
         ::_exit(0);
     }
-    UniqueFd pidfd = open_pidfd(child);
+    UniqueFd pidfd;
+    try {
+        pidfd = open_pidfd(child);
+    } catch (...) {
+        ::kill(child, SIGKILL); // it may wait forever: atomic::wait has no timeout
+        ::waitpid(child, nullptr, 0);
+        throw;
+    }
     if (head_start_ms > 0) {
         pause_briefly(std::chrono::milliseconds(head_start_ms));
         target.store(1);

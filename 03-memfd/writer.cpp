@@ -79,16 +79,20 @@ struct Settings {
 /// executes inherits it by accident. MFD_ALLOW_SEALING: without it, F_ADD_SEALS fails with
 /// EPERM. MFD_NOEXEC_SEAL (Linux 6.3): the memory can never be made executable.
 UniqueFd create_memfd(const Narrator& say) {
+    const char* flags = "MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL";
     int fd = ::memfd_create(memfd::kDebugName, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
     if (fd == -1 && errno == EINVAL) {
         // EINVAL: a kernel older than 6.3 does not know the flag. (EACCES is different: the
         // sysctl vm.memfd_noexec forbids what was asked, and retrying would be wrong.)
         say.say("memfd_create(..., MFD_NOEXEC_SEAL) = -1 EINVAL: a kernel before 6.3; again without it");
+        flags = "MFD_CLOEXEC|MFD_ALLOW_SEALING";
         fd = ::memfd_create(memfd::kDebugName, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     }
+    if (fd == -1 && errno == ENOSYS)
+        throw Unsupported("memfd_create needs Linux 3.17");
     if (fd == -1)
-        throw_errno(std::string("memfd_create(\"") + memfd::kDebugName + "\", MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL)");
-    say.say("memfd_create(\"%s\", MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL) = %d", memfd::kDebugName, fd);
+        throw_errno(std::string("memfd_create(\"") + memfd::kDebugName + "\", " + flags + ")");
+    say.say("memfd_create(\"%s\", %s) = %d", memfd::kDebugName, flags, fd);
     return UniqueFd(fd);
 }
 
@@ -243,15 +247,20 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
             kDefaultDataCapacity);
 
     ChildGuard child;
+    UniqueFd child_pidfd; // a spawned reader that fails at once is noticed at once
     Deadline claim_deadline(options.timeout_seconds);
     if (settings.spawn) {
         child.pid = spawn_reader(fd.get(), options, settings, say);
+        child_pidfd = open_pidfd(child.pid);
     } else {
         say.say("waiting up to %s for a reader; in another terminal run:", seconds_text(options.timeout_seconds).c_str());
         say.say("    build/03-memfd/reader --pid %d --fd %d", ::getpid(), fd.get());
     }
-    if (memfd::wait_until(sync.reader_pid, [](std::uint32_t pid) { return pid != 0; }, nullptr, &claim_deadline) !=
-        memfd::Waited::kYes)
+    memfd::Waited claimed = memfd::wait_until(sync.reader_pid, [](std::uint32_t pid) { return pid != 0; },
+                                              child_pidfd ? &child_pidfd : nullptr, &claim_deadline);
+    if (claimed == memfd::Waited::kPeerGone)
+        reap_reader(std::exchange(child.pid, -1), say); // throws with the reader's own status
+    if (claimed != memfd::Waited::kYes)
         throw Failure("no reader claimed the memory within " + seconds_text(options.timeout_seconds) +
                       ": run the reader command above while the writer waits");
     auto reader_pid = static_cast<pid_t>(sync.reader_pid.load(std::memory_order_acquire));

@@ -155,6 +155,13 @@ inline bool wait_readable(int socket_fd, const shmtut::Deadline* deadline) {
     }
 }
 
+/// The peer closed (or reset) the connection: for a reader waiting on its writer, the writer's
+/// death. Refusals of what did arrive are plain Failures.
+class PeerClosed : public shmtut::Failure {
+public:
+    using shmtut::Failure::Failure;
+};
+
 /// What a receive got: the message bytes (as many as arrived, at most 16) and every descriptor
 /// that came with them, each owned, so that every path closes them.
 struct Received {
@@ -166,11 +173,12 @@ struct Received {
 
 /// One `recvmsg` into a 16-byte message and a control buffer sized for one descriptor,
 /// `CMSG_SPACE(sizeof(int))`: 24 bytes on 64-bit Linux, which (alignment) holds two. With
-/// MSG_CMSG_CLOEXEC every received descriptor is close-on-exec at once. Returns 0 bytes at EOF
+/// MSG_CMSG_CLOEXEC every received descriptor is close-on-exec at once. Asks for `wanted` bytes
+/// at most (the rest of a message that arrived in pieces). Returns 0 bytes at EOF
 /// (and on ECONNRESET: a peer that died with unread data resets the connection).
-inline Received receive_once(int socket_fd) {
+inline Received receive_once(int socket_fd, std::size_t wanted = sizeof(Message)) {
     Received got;
-    iovec data{&got.message, sizeof got.message};
+    iovec data{&got.message, std::min(wanted, sizeof got.message)};
     union {
         char buffer[CMSG_SPACE(sizeof(int))];
         cmsghdr align;
@@ -205,20 +213,20 @@ inline Received receive_once(int socket_fd) {
 }
 
 /// Receives one complete 16-byte message that must carry no descriptor (a stream socket may
-/// deliver it in pieces). Throws Failure on EOF before a whole message, on any descriptor
-/// (closed at once), or on a wrong magic. `what` names the wait for errors.
+/// deliver it in pieces). Throws PeerClosed on EOF before a whole message, and Failure on any
+/// descriptor (closed at once) or on a wrong magic. `what` names the wait for errors.
 inline Message receive_message(int socket_fd, const shmtut::Deadline* deadline, const char* what) {
     Message message{};
     std::size_t have = 0;
     while (have < sizeof message) {
         if (!wait_readable(socket_fd, deadline))
             throw shmtut::Failure(std::string("no ") + what + " within the timeout");
-        Received got = receive_once(socket_fd);
+        Received got = receive_once(socket_fd, sizeof message - have); // never past this message
         if (!got.descriptors.empty() || got.truncated)
             throw shmtut::Failure(std::string("unexpected descriptor(s) with ") + what + ": closed them, refusing");
         if (got.bytes == 0)
-            throw shmtut::Failure(std::string("the peer closed the connection before ") + what);
-        std::memcpy(reinterpret_cast<char*>(&message) + have, &got.message, std::min(got.bytes, sizeof message - have));
+            throw PeerClosed(std::string("the peer closed the connection before ") + what);
+        std::memcpy(reinterpret_cast<char*>(&message) + have, &got.message, got.bytes);
         have += got.bytes;
     }
     if (message.magic != kMagic)

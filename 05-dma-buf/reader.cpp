@@ -106,7 +106,7 @@ int run(const Options& options) {
         fdpass::Message message{};
         try {
             message = fdpass::receive_message(connection.get(), nullptr, "the next message");
-        } catch (const Failure& e) {
+        } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
             fdpass::remove_stale_socket(options.name, say);
             throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
                           e.what() + ")");

@@ -12,7 +12,7 @@
 /// | 16     | 8    | block_length    | writer     | bytes of the current block, at most data_capacity |
 /// | 24     | 8    | sequence        | writer     | number of the current block: 1, 2, 3, ... |
 /// | 32     | 4    | end_of_stream   | writer     | 1 in the block that ends the stream, else 0 |
-/// | 36     | 4    | writer_pid      | writer     | the writer's process id (information only: pids are reused) |
+/// | 36     | 4    | writer_pid      | writer     | the writer's process id: a claim the reader checks against what the kernel says (SO_PEERCRED, the parent, the pid it opened), or uses to open a pidfd (chapter 02), never alone trusted for identity |
 /// | 40     | 4    | flags           | writer     | chapter-defined bits (see each chapter's notes) |
 /// | 44     | 20   | reserved        | -          | zero |
 /// | 64     | 192  | chapter_area    | chapter    | the chapter's synchronisation words; words written by the reader start on their own 64-byte line |
@@ -60,7 +60,7 @@ struct SharedHeader {
     std::atomic<std::uint64_t> block_length;  ///< bytes in the current block
     std::atomic<std::uint64_t> sequence;      ///< current block number, from 1
     std::atomic<std::uint32_t> end_of_stream; ///< 1 in the last block
-    std::atomic<std::uint32_t> writer_pid;    ///< for narration; never trusted for liveness
+    std::atomic<std::uint32_t> writer_pid;    ///< the writer's pid, as the writer claims it
     std::atomic<std::uint32_t> flags;         ///< chapter-defined bits
     std::uint8_t reserved[20];                ///< zero
     /// Cache lines 1 to 3: the chapter's own synchronisation words, laid out by the chapter.

@@ -88,6 +88,8 @@ void pause_briefly(std::chrono::milliseconds duration) {
 
 UniqueFd open_pidfd(pid_t pid) {
     long fd = ::syscall(SYS_pidfd_open, pid, 0);
+    if (fd == -1 && errno == ENOSYS)
+        throw Unsupported("pidfd_open needs Linux 5.3, to notice a peer's death");
     if (fd == -1)
         throw_errno("pidfd_open(pid=" + std::to_string(pid) + ")");
     return UniqueFd(static_cast<int>(fd));

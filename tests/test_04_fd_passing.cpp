@@ -182,13 +182,16 @@ TEST_CASE("04: a reader started before the writer waits for its socket", "[04]")
 TEST_CASE("04: a reader with no writer fails within its timeout with a one-line error", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
-    ProcessGroup group(std::chrono::seconds(20));
-    Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
-    group.wait(reader);
-    CHECK(reader.exit_code() == 1);
-    CHECK(std::count(reader.err.begin(), reader.err.end(), '\n') == 1);
-    CHECK_THAT(reader.err, contains("No such file or directory"));
-    CHECK_THAT(reader.err, contains("is the writer running? start it first"));
+    {
+        ProcessGroup group(std::chrono::seconds(20));
+        Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
+        group.wait(reader);
+        CHECK(reader.exit_code() == 1);
+        CHECK(std::count(reader.err.begin(), reader.err.end(), '\n') == 1);
+        CHECK_THAT(reader.err, contains("No such file or directory"));
+        CHECK_THAT(reader.err, contains("is the writer running? start it first"));
+    }
+    check_nothing_left(leaks);
 }
 
 TEST_CASE("04: a writer killed with SIGKILL is reported dead, and its socket file removed", "[04]") {

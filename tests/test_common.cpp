@@ -13,6 +13,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -307,10 +308,11 @@ TEST_CASE("SIGTERM sets the stop flag and interrupts a blocking call instead of 
         if (::pipe(fds) != 0)
             return 11;
         // A helper process sends SIGTERM every 50 ms until this child is gone: the first one may
-        // arrive before read() blocks; a later one then interrupts it.
-        pid_t self = ::getpid();
+        // arrive before read() blocks; a later one then interrupts it. Through a pidfd, so that a
+        // pid reused after this child's end is never signalled.
+        UniqueFd self = open_pidfd(::getpid());
         if (::fork() == 0) {
-            while (::kill(self, SIGTERM) == 0)
+            while (::syscall(SYS_pidfd_send_signal, self.get(), SIGTERM, nullptr, 0) == 0)
                 ::usleep(50000);
             ::_exit(0);
         }
