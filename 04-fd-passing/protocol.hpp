@@ -278,8 +278,9 @@ using shmtut::pause_briefly;
 
 /// Removes the socket file on every path (a path socket's file outlives the socket otherwise).
 struct SocketFile {
-    const Narrator& say;
-    std::string path; ///< empty: nothing to remove (abstract name, or already removed)
+    const Narrator& say; ///< narrates the removal
+    std::string path;    ///< empty: nothing to remove (abstract name, or already removed)
+    /// Owns nothing until `path` is set.
     explicit SocketFile(const Narrator& n) : say(n) {}
     SocketFile(const SocketFile&) = delete;
     SocketFile& operator=(const SocketFile&) = delete;
