@@ -88,7 +88,15 @@ inline socklen_t make_address(const std::string& name, sockaddr_un& address) {
     return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (abstract ? 0 : 1));
 }
 
-/// Sends one message (no descriptor). MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE.
+/// The peer closed (or reset) the connection: for a reader waiting on its writer, the writer's
+/// death. Refusals of what did arrive are plain Failures.
+class PeerClosed : public shmtut::Failure {
+public:
+    using shmtut::Failure::Failure;
+};
+
+/// Sends one message (no descriptor). MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE, and
+/// is reported as PeerClosed.
 inline void send_message(int socket_fd, std::uint32_t type, std::uint64_t length = 0) {
     Message message{kMagic, type, length};
     const auto* bytes = reinterpret_cast<const char*>(&message);
@@ -98,8 +106,9 @@ inline void send_message(int socket_fd, std::uint32_t type, std::uint64_t length
         if (n == -1) {
             if (errno == EINTR)
                 continue;
-            shmtut::throw_errno(std::string("send(") + type_name(type) + ")",
-                                errno == EPIPE || errno == ECONNRESET ? "the peer closed the connection: it died or stopped" : "");
+            if (errno == EPIPE || errno == ECONNRESET)
+                throw PeerClosed(std::string("send(") + type_name(type) + "): the peer closed the connection");
+            shmtut::throw_errno(std::string("send(") + type_name(type) + ")");
         }
         sent += static_cast<std::size_t>(n);
     }
@@ -154,13 +163,6 @@ inline bool wait_readable(int socket_fd, const shmtut::Deadline* deadline) {
             return false;
     }
 }
-
-/// The peer closed (or reset) the connection: for a reader waiting on its writer, the writer's
-/// death. Refusals of what did arrive are plain Failures.
-class PeerClosed : public shmtut::Failure {
-public:
-    using shmtut::Failure::Failure;
-};
 
 /// What a receive got: the message bytes (as many as arrived, at most 16) and every descriptor
 /// that came with them, each owned, so that every path closes them.
@@ -460,15 +462,24 @@ inline pid_t check_writer(int socket_fd, const Narrator& say) {
 inline void remove_stale_socket(const std::string& name, const Narrator& say) {
     if (name.empty() || name[0] == '@')
         return; // an abstract name vanished with the writer's socket
-    struct stat info {};
-    if (::lstat(name.c_str(), &info) == -1 || !S_ISSOCK(info.st_mode))
-        return;
     sockaddr_un address{};
     socklen_t length = make_address(name, address);
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (probe && ::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == -1 &&
-        errno == ECONNREFUSED && ::unlink(name.c_str()) == 0)
-        say.say("unlink(\"%s\") = 0: removed the socket file the dead writer left", name.c_str());
+    // A dying process's descriptors are released one after another: our connection may end a
+    // moment before its listening socket does. Look for up to a second before calling it stale.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        struct stat info {};
+        if (::lstat(name.c_str(), &info) == -1 || !S_ISSOCK(info.st_mode))
+            return;
+        UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!probe)
+            return;
+        if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), length) == -1) {
+            if (errno == ECONNREFUSED && ::unlink(name.c_str()) == 0)
+                say.say("unlink(\"%s\") = 0: removed the socket file the dead writer left", name.c_str());
+            return;
+        }
+        pause_briefly(std::chrono::milliseconds(50)); // still listening: gone in a moment, or a new writer
+    }
 }
 
 } // namespace fdpass

@@ -90,32 +90,31 @@ int run(const Options& options) {
             static_cast<unsigned long long>(capacity));
 
     std::uint64_t blocks = 0, total = 0;
-    for (;;) {
-        fdpass::Message message{};
-        try {
-            message = fdpass::receive_message(connection.get(), nullptr, "the next message");
-        } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
-            fdpass::remove_stale_socket(options.name, say);
-            throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
-                          e.what() + ")");
-        }
-        if (message.type == fdpass::kEnd) {
+    try {
+        for (;;) {
+            fdpass::Message message = fdpass::receive_message(connection.get(), nullptr, "the next message");
+            if (message.type == fdpass::kEnd) {
+                fdpass::send_message(connection.get(), fdpass::kConsumed);
+                say.say("recv(END); send(CONSUMED): %llu bytes in %llu block(s), confirmed",
+                        static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks));
+                return kExitSuccess;
+            }
+            if (message.type != fdpass::kBlock)
+                throw Failure(std::string("refused: unexpected ") + fdpass::type_name(message.type) + " message");
+            if (message.length > capacity) // the message is our own copy: checked once, then used
+                throw LayoutError("block refused: length " + std::to_string(message.length) + " exceeds the data capacity " +
+                                  std::to_string(capacity));
+            write_all(STDOUT_FILENO, data_area(base), message.length);
             fdpass::send_message(connection.get(), fdpass::kConsumed);
-            say.say("recv(END); send(CONSUMED): %llu bytes in %llu block(s), confirmed",
-                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks));
-            return kExitSuccess;
+            total += message.length;
+            if (++blocks == 1)
+                say.say("recv(BLOCK, %llu bytes); send(CONSUMED) (further blocks quietly)",
+                        static_cast<unsigned long long>(message.length));
         }
-        if (message.type != fdpass::kBlock)
-            throw Failure(std::string("refused: unexpected ") + fdpass::type_name(message.type) + " message");
-        if (message.length > capacity) // the message is our own copy: checked once, then used
-            throw LayoutError("block refused: length " + std::to_string(message.length) + " exceeds the data capacity " +
-                              std::to_string(capacity));
-        write_all(STDOUT_FILENO, data_area(base), message.length);
-        fdpass::send_message(connection.get(), fdpass::kConsumed);
-        total += message.length;
-        if (++blocks == 1)
-            say.say("recv(BLOCK, %llu bytes); send(CONSUMED) (further blocks quietly)",
-                    static_cast<unsigned long long>(message.length));
+    } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
+        fdpass::remove_stale_socket(options.name, say);
+        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
+                      e.what() + ")");
     }
 }
 

@@ -102,35 +102,34 @@ int run(const Options& options) {
             header.version, static_cast<unsigned long long>(capacity));
 
     std::uint64_t blocks = 0, total = 0;
-    for (;;) {
-        fdpass::Message message{};
-        try {
-            message = fdpass::receive_message(connection.get(), nullptr, "the next message");
-        } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
-            fdpass::remove_stale_socket(options.name, say);
-            throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
-                          e.what() + ")");
-        }
-        if (message.type == fdpass::kEnd) {
+    try {
+        for (;;) {
+            fdpass::Message message = fdpass::receive_message(connection.get(), nullptr, "the next message");
+            if (message.type == fdpass::kEnd) {
+                fdpass::send_message(connection.get(), fdpass::kConsumed);
+                say.say("recv(END); send(CONSUMED): %llu bytes in %llu block(s), confirmed",
+                        static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks));
+                return kExitSuccess;
+            }
+            if (message.type != fdpass::kBlock)
+                throw Failure(std::string("refused: unexpected ") + fdpass::type_name(message.type) + " message");
+            if (message.length > capacity)
+                throw LayoutError("block refused: length " + std::to_string(message.length) + " exceeds the data capacity " +
+                                  std::to_string(capacity));
+            dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ, "START|READ");
+            write_all(STDOUT_FILENO, data_area(base), message.length);
+            dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ, "END|READ");
             fdpass::send_message(connection.get(), fdpass::kConsumed);
-            say.say("recv(END); send(CONSUMED): %llu bytes in %llu block(s), confirmed",
-                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks));
-            return kExitSuccess;
+            total += message.length;
+            if (++blocks == 1)
+                say.say("recv(BLOCK, %llu bytes); SYNC START|READ, written out, SYNC END|READ; send(CONSUMED) (further "
+                        "blocks quietly)",
+                        static_cast<unsigned long long>(message.length));
         }
-        if (message.type != fdpass::kBlock)
-            throw Failure(std::string("refused: unexpected ") + fdpass::type_name(message.type) + " message");
-        if (message.length > capacity)
-            throw LayoutError("block refused: length " + std::to_string(message.length) + " exceeds the data capacity " +
-                              std::to_string(capacity));
-        dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ, "START|READ");
-        write_all(STDOUT_FILENO, data_area(base), message.length);
-        dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ, "END|READ");
-        fdpass::send_message(connection.get(), fdpass::kConsumed);
-        total += message.length;
-        if (++blocks == 1)
-            say.say("recv(BLOCK, %llu bytes); SYNC START|READ, written out, SYNC END|READ; send(CONSUMED) (further "
-                    "blocks quietly)",
-                    static_cast<unsigned long long>(message.length));
+    } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
+        fdpass::remove_stale_socket(options.name, say);
+        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
+                      e.what() + ")");
     }
 }
 
