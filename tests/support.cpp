@@ -320,6 +320,36 @@ std::vector<std::string> LeakCheck::left_behind() const {
     return added;
 }
 
+void check_pair_carries(const std::vector<std::string>& writer, const std::vector<std::string>& reader,
+                        const std::string& data) {
+    ProcessGroup group;
+    Process& w = group.start("writer", writer, Stdin::kPipe);
+    Process& r = group.start("reader", reader);
+    group.feed(w, data, true);
+    group.wait(w);
+    group.wait(r);
+    INFO("writer stderr:\n" << w.err << "reader stderr:\n" << r.err);
+    CHECK(w.exit_code() == 0);
+    CHECK(r.exit_code() == 0);
+    REQUIRE(r.out.size() == data.size());
+    CHECK(r.out == data);
+}
+
+void check_usage_errors(const std::vector<std::vector<std::string>>& command_lines) {
+    ProcessGroup group;
+    for (const auto& argv : command_lines) {
+        Process& program = group.start(argv[0], argv);
+        group.wait(program);
+        std::string shown;
+        for (const std::string& word : argv)
+            shown += " " + word;
+        INFO("command:" << shown << "\nstderr: " << program.err);
+        CHECK(program.exit_code() == 2);
+        CHECK(std::count(program.err.begin(), program.err.end(), '\n') == 1);
+        CHECK(program.err.find("--help") != std::string::npos);
+    }
+}
+
 void check_nothing_left(const LeakCheck& leaks) {
     std::vector<std::string> left = leaks.left_behind();
     for (const std::string& object : left)

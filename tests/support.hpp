@@ -127,6 +127,15 @@ private:
     std::vector<std::string> before_;
 };
 
+/// Runs `writer` with `data` on its standard input and `reader`, both to the end, and checks that
+/// both exit 0 and that the reader wrote exactly `data`.
+void check_pair_carries(const std::vector<std::string>& writer, const std::vector<std::string>& reader,
+                        const std::string& data);
+
+/// Runs each command line and checks a usage error: exit status 2 and one line on stderr that
+/// points to --help.
+void check_usage_errors(const std::vector<std::vector<std::string>>& command_lines);
+
 /// Checks (a failed CHECK per object) that nothing was created since `leaks` and left.
 void check_nothing_left(const LeakCheck& leaks);
 

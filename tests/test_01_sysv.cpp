@@ -72,22 +72,7 @@ TEST_CASE("01: a message arrives exactly, and the taught calls are narrated", "[
 TEST_CASE("01: 4 MiB of random bytes, zero bytes included, arrive identical", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
-    const std::string data = random_bytes(4 << 20, 1);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"--quiet"}), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("10", {"--quiet"}));
-        group.feed(writer, data, true);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-        REQUIRE(reader.out.size() == data.size());
-        CHECK(reader.out == data);
-        CHECK(writer.err.empty()); // --quiet
-        CHECK(reader.err.empty());
-    }
+    check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 1));
     require_nothing_left(leaks, chapter);
 }
 
@@ -364,7 +349,7 @@ TEST_CASE("01: Ctrl-C on a waiting writer removes everything it created", "[01]"
 TEST_CASE("01: usage errors exit 2 with a pointer to --help, and --help exits 0", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
-    const std::vector<std::vector<std::string>> bad_command_lines = {
+    check_usage_errors({
         {binary("01-sysv/writer"), "--bogus"},
         {binary("01-sysv/writer"), "--timeout", "soon"},
         {binary("01-sysv/writer"), "--timeout"},
@@ -372,17 +357,9 @@ TEST_CASE("01: usage errors exit 2 with a pointer to --help, and --help exits 0"
         {binary("01-sysv/reader"), "unexpected"},
         {binary("01-sysv/reader"), "--keep"},
         {binary("01-sysv/reader"), "--timeout", "-3"},
-    };
+    });
     {
         ProcessGroup group;
-        for (const auto& argv : bad_command_lines) {
-            Process& program = group.start(argv[1], argv);
-            group.wait(program);
-            INFO(argv[0] << " " << argv[1] << ": " << program.err);
-            CHECK(program.exit_code() == 2);
-            CHECK(std::count(program.err.begin(), program.err.end(), '\n') == 1);
-            CHECK_THAT(program.err, contains("--help"));
-        }
         for (const char* program_name : {"01-sysv/writer", "01-sysv/reader"}) {
             Process& help = group.start("help", {binary(program_name), "--help"});
             group.wait(help);

@@ -80,20 +80,7 @@ TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[
 TEST_CASE("02: 4 MiB of random bytes, zero bytes included, arrive identical", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
-    const std::string data = random_bytes(4 << 20, 21);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"--quiet"}), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("10", {"--quiet"}));
-        group.feed(writer, data, true);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-        REQUIRE(reader.out.size() == data.size());
-        CHECK(reader.out == data);
-    }
+    check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 21));
     check_nothing_left(leaks);
 }
 
@@ -434,7 +421,7 @@ TEST_CASE("02: usage errors exit 2 with a pointer to --help, and --help exits 0"
     LeakCheck leaks;
     const std::string writer = binary("02-posix-mmap/writer");
     const std::string reader = binary("02-posix-mmap/reader");
-    const std::vector<std::vector<std::string>> bad_command_lines = {
+    check_usage_errors({
         {writer, "--name", "no-slash"},
         {writer, "--name", "/a/b"},
         {writer, "--name", "/"},
@@ -447,17 +434,9 @@ TEST_CASE("02: usage errors exit 2 with a pointer to --help, and --help exits 0"
         {reader, "--keep"},
         {reader, "unexpected"},
         {reader, "--timeout", "0"},
-    };
+    });
     {
         ProcessGroup group;
-        for (const auto& argv : bad_command_lines) {
-            Process& program = group.start(argv[1], argv);
-            group.wait(program);
-            INFO(argv[0] << " " << argv[1] << " " << (argv.size() > 2 ? argv[2] : "") << ": " << program.err);
-            CHECK(program.exit_code() == 2);
-            CHECK(std::count(program.err.begin(), program.err.end(), '\n') == 1);
-            CHECK_THAT(program.err, contains("--help"));
-        }
         for (const std::string& program_path : {writer, reader}) {
             Process& help = group.start("help", {program_path, "--help"});
             group.wait(help);

@@ -283,18 +283,10 @@ TEST_CASE("03: a reader with no writer says so at once", "[03]") {
 TEST_CASE("03: usage errors exit 2 with a pointer to --help", "[03]") {
     const std::string w = binary("03-memfd/writer");
     const std::string r = binary("03-memfd/reader");
-    const std::vector<std::vector<std::string>> bad = {
+    check_usage_errors({
         {r}, {r, "--fd", "x"}, {r, "--fd", "-1"}, {r, "--fd", "3", "--pid", "0"}, {r, "--fd", "3", "extra"},
         {w, "--name", "/x"}, {w, "--keep"}, {w, "--bogus"},
-    };
-    ProcessGroup group;
-    for (const auto& argv : bad) {
-        Process& p = group.start("program", argv);
-        group.wait(p);
-        INFO(argv[0] << (argv.size() > 1 ? " " + argv[1] : "") << ": " << p.err);
-        CHECK(p.exit_code() == 2);
-        CHECK_THAT(p.err, contains("--help"));
-    }
+    });
 }
 
 // The kernel's rules, each as the pair: what still works, and what fails with which errno.

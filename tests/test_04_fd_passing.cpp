@@ -127,20 +127,7 @@ TEST_CASE("04: a message arrives exactly, and the descriptor's journey is narrat
 TEST_CASE("04: 4 MiB of random bytes arrive identical", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
-    const std::string data = random_bytes(4 << 20, 41);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"--quiet"}), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("10", {"--quiet"}));
-        group.feed(writer, data, true);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(writer.exit_code() == 0);
-        CHECK(reader.exit_code() == 0);
-        REQUIRE(reader.out.size() == data.size());
-        CHECK(reader.out == data);
-    }
+    check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 41));
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
 }
@@ -285,18 +272,10 @@ TEST_CASE("04: a killed reader makes the writer fail and remove its socket file"
 TEST_CASE("04: usage errors exit 2 with a pointer to --help", "[04]") {
     const std::string w = binary("04-fd-passing/writer");
     const std::string r = binary("04-fd-passing/reader");
-    const std::vector<std::vector<std::string>> bad = {
+    check_usage_errors({
         {w, "--name", "/tmp/" + std::string(120, 'x')}, {w, "--name", "@"}, {w, "--keep"}, {w, "--bogus"},
         {r, "--force"}, {r, "extra"}, {r, "--timeout", "never"},
-    };
-    ProcessGroup group;
-    for (const auto& argv : bad) {
-        Process& p = group.start("program", argv);
-        group.wait(p);
-        INFO(argv[0] << " " << argv[1] << ": " << p.err);
-        CHECK(p.exit_code() == 2);
-        CHECK_THAT(p.err, contains("--help"));
-    }
+    });
 }
 
 TEST_CASE("04 hostile server: every wrong hand-over is refused and leaves no descriptor open", "[04][hostile]") {

@@ -86,15 +86,7 @@ TEST_CASE("05: a message and 1 MiB of random bytes arrive intact through a dma-b
 TEST_CASE("05: usage errors exit 2 with a pointer to --help", "[05]") {
     const std::string w = binary("05-dma-buf/writer");
     const std::string r = binary("05-dma-buf/reader");
-    const std::vector<std::vector<std::string>> bad = {
+    check_usage_errors({
         {w, "--bogus"}, {w, "--name", "@"}, {w, "--keep"}, {r, "extra"}, {r, "--udmabuf"}, {r, "--timeout", "x"},
-    };
-    ProcessGroup group;
-    for (const auto& argv : bad) {
-        Process& p = group.start("program", argv);
-        group.wait(p);
-        INFO(argv[0] << " " << argv[1] << ": " << p.err);
-        CHECK(p.exit_code() == 2);
-        CHECK_THAT(p.err, contains("--help"));
-    }
+    });
 }
