@@ -136,6 +136,24 @@ Found open_object(const posix::Target& target, const Deadline& deadline, const N
     throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when);
 }
 
+/// True if process `pid` has this object mapped: a line of /proc/PID/maps names its inode
+/// (the name may read "(deleted)" once unlinked; the inode stays).
+bool maps_object(pid_t pid, const Found& found) {
+    std::FILE* maps = std::fopen(("/proc/" + std::to_string(pid) + "/maps").c_str(), "re");
+    if (maps == nullptr)
+        return false;
+    char line[4096];
+    bool found_it = false;
+    while (!found_it && std::fgets(line, sizeof line, maps) != nullptr) {
+        unsigned long inode = 0;
+        // start-end perms offset major:minor inode [path]
+        if (std::sscanf(line, "%*s %*s %*s %*s %lu", &inode) == 1 && inode == found.inode)
+            found_it = true;
+    }
+    std::fclose(maps);
+    return found_it;
+}
+
 /// Maps exactly the size fstat reported, waits (bounded) for the magic, then validates one local
 /// copy of the header against that size: nothing past the real end is ever touched.
 Mapping map_and_validate(Found& found, const Deadline& deadline, std::uint64_t& capacity, pid_t& writer_pid,
@@ -230,7 +248,13 @@ int run(const Options& options, const posix::Target& target) {
     }
     if (process_exited(writer))
         writer_died(target, found, writer_pid, "before the stream started", say);
-    say.say("pidfd_open(%d) = %d: watching the writer", writer_pid, writer.get());
+    // The pid came from the header, written by the writer: make sure the process the pidfd now
+    // pins really maps this object. A pid reused by another process since would not.
+    if (!maps_object(writer_pid, found))
+        writer_died(target, found, writer_pid, "before the stream started (its pid now belongs to another process)",
+                    say);
+    say.say("pidfd_open(%d) = %d: watching the writer (it maps inode %lu)", writer_pid, writer.get(),
+            static_cast<unsigned long>(found.inode));
 
     claim(posix::sync_of(header), say);
     copy_stream(header, capacity, writer, target, found, writer_pid, say);
