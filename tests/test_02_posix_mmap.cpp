@@ -186,6 +186,25 @@ TEST_CASE("02: an object smaller than its ready header claims is refused", "[02]
     check_nothing_left(leaks);
 }
 
+TEST_CASE("02: a header naming a live process that does not map the object is a dead writer", "[02]") {
+    // As if the writer had died and its pid had gone to another process (here: this test, which
+    // unmapped the object after publishing it). Without the check the reader would watch this
+    // test process and wait for ever.
+    LeakCheck leaks;
+    Chapter02 chapter;
+    plant_object(chapter.name, shmtut::kHeaderSize + 4096, 4096);
+    {
+        ProcessGroup group(std::chrono::seconds(20));
+        Process& reader = group.start("reader", chapter.reader("5"));
+        group.wait(reader);
+        INFO("reader stderr:\n" << reader.err);
+        CHECK(reader.exit_code() == 1);
+        CHECK_THAT(reader.last_error_line(), contains("its pid now belongs to another process"));
+    }
+    CHECK_FALSE(chapter.exists()); // the dead writer's name was removed
+    check_nothing_left(leaks);
+}
+
 TEST_CASE("02: a writer killed with SIGKILL mid-stream is reported dead", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
