@@ -42,7 +42,7 @@ run-04: $(filter $(BUILD)/04-fd-passing/%,$(BINARIES)) ## run chapter 04's pair:
 run-05: $(filter $(BUILD)/05-dma-buf/%,$(BINARIES)) ## run chapter 05's pair: dma-buf (skipped where the kernel lacks it)
 	@scripts/run-demos $(BUILD) 05-dma-buf
 
-vm-05: ## run chapters 05 and 01-04 in a tiny VM with dma-buf (builds a kernel once, about 7 minutes)
+vm-05: ## run chapters 05 and 01-04 in a tiny VM with dma-buf (the first run builds a kernel: minutes)
 	@05-dma-buf/vm/run-vm
 
 test: ## build and run the tests; the last line says "N passed, N failed"

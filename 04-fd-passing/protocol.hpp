@@ -245,7 +245,7 @@ inline shmtut::UniqueFd receive_descriptor(int socket_fd, const shmtut::Deadline
         throw shmtut::Failure("the writer sent nothing within the timeout");
     Received got = receive_once(socket_fd);
     if (got.bytes == 0)
-        throw shmtut::Failure("the writer closed the connection without sending the memory");
+        throw PeerClosed("the writer closed the connection without sending the memory");
     if (got.truncated)
         throw shmtut::Failure("refused: more descriptors arrived than fit (MSG_CTRUNC); closed the " +
                               std::to_string(got.descriptors.size()) + " that did fit");

@@ -65,7 +65,14 @@ int run(const Options& options) {
     UniqueFd connection = fdpass::connect_to_writer(options.name, deadline, "build/04-fd-passing/writer", say);
     pid_t writer_pid = fdpass::check_writer(connection.get(), say);
 
-    UniqueFd memory = fdpass::receive_descriptor(connection.get(), deadline);
+    UniqueFd memory;
+    try {
+        memory = fdpass::receive_descriptor(connection.get(), deadline);
+    } catch (const fdpass::PeerClosed& e) {
+        fdpass::remove_stale_socket(options.name, say);
+        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the stream started (" + e.what() +
+                      ")");
+    }
     say.say("recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: HELLO, 1 descriptor (SCM_RIGHTS), no MSG_CTRUNC: fd %d",
             connection.get(), memory.get());
     std::uint64_t size = check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, kHeaderSize, say);

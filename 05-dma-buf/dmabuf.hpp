@@ -39,11 +39,16 @@ inline constexpr const char* kDefaultName = "/tmp/shm-tutorial-05.sock";
     shmtut::throw_error(error, std::string("open(\"") + device + "\")");
 }
 
-/// Is there any way to make a dma-buf here? The reader needs no device itself, but without one no
-/// writer can run, so both programs say so the same way (exit status 77).
+/// Is there any way to make a dma-buf here, for this user? The reader needs no device itself, but
+/// without a usable one no writer can run, so both programs say so the same way (exit status 77):
+/// no device at all, or devices this user may not open.
 inline void require_some_device() {
-    if (::access(kSystemHeap, F_OK) == 0 || ::access(kUdmabuf, F_OK) == 0)
+    if (::access(kSystemHeap, R_OK) == 0 || ::access(kUdmabuf, R_OK | W_OK) == 0)
         return;
+    if (::access(kSystemHeap, F_OK) == 0)
+        device_unavailable(kSystemHeap, "CONFIG_DMABUF_HEAPS_SYSTEM", EACCES);
+    if (::access(kUdmabuf, F_OK) == 0)
+        device_unavailable(kUdmabuf, "CONFIG_UDMABUF", EACCES);
     throw shmtut::Unsupported(std::string("neither ") + kSystemHeap + " nor " + kUdmabuf +
                               " exists: this kernel lacks CONFIG_DMABUF_HEAPS_SYSTEM and CONFIG_UDMABUF; "
                               "run the chapter in its virtual machine: make vm-05");
@@ -56,6 +61,7 @@ inline void require_some_device() {
 inline void sync(int dmabuf_fd, std::uint64_t flags, const char* what) {
     dma_buf_sync request{flags};
     while (::ioctl(dmabuf_fd, DMA_BUF_IOCTL_SYNC, &request) == -1) {
+        shmtut::throw_if_stopped(); // the exporter may wait for a device's fence: Ctrl-C still works
         if (errno != EINTR && errno != EAGAIN)
             shmtut::throw_errno(std::string("ioctl(DMA_BUF_IOCTL_SYNC, ") + what + ")");
     }

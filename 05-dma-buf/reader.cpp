@@ -79,7 +79,14 @@ int run(const Options& options) {
 
     UniqueFd connection = fdpass::connect_to_writer(options.name, deadline, "build/05-dma-buf/writer", say);
     pid_t writer_pid = fdpass::check_writer(connection.get(), say);
-    UniqueFd buffer = fdpass::receive_descriptor(connection.get(), deadline);
+    UniqueFd buffer;
+    try {
+        buffer = fdpass::receive_descriptor(connection.get(), deadline);
+    } catch (const fdpass::PeerClosed& e) {
+        fdpass::remove_stale_socket(options.name, say);
+        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the stream started (" + e.what() +
+                      ")");
+    }
     say.say("recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: HELLO, 1 descriptor: fd %d", connection.get(), buffer.get());
     std::uint64_t size = check_dmabuf(buffer.get(), say);
 

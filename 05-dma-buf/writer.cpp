@@ -103,9 +103,9 @@ UniqueFd create_udmabuf(std::size_t size, const Narrator& say) {
     int fd = ::ioctl(device.get(), UDMABUF_CREATE, &request);
     if (fd == -1)
         throw_errno("ioctl(UDMABUF_CREATE, size=" + std::to_string(size) + ")");
-    say.say("memfd_create = %d, ftruncate(%zu), F_ADD_SEALS(F_SEAL_SHRINK); open(\"%s\") = %d; "
+    say.say("open(\"%s\") = %d; memfd_create = %d, ftruncate(%zu), F_ADD_SEALS(F_SEAL_SHRINK); "
             "ioctl(UDMABUF_CREATE, memfd=%d, offset=0, size=%zu) = %d",
-            memory.get(), size, dmabuf::kUdmabuf, device.get(), memory.get(), size, fd);
+            dmabuf::kUdmabuf, device.get(), memory.get(), size, memory.get(), size, fd);
     return UniqueFd(fd); // the dma-buf holds the memfd's pages; our memfd descriptor can go
 }
 
@@ -118,7 +118,8 @@ int run(const Options& options, bool use_udmabuf) {
     const std::uint64_t capacity = size - kHeaderSize;
 
     UniqueFd buffer = use_udmabuf ? create_udmabuf(size, say) : allocate_from_heap(size, say);
-    // A name for people: /proc/PID/fdinfo/N shows it (Linux 5.3; older kernels say EINVAL).
+    // A name for people: /proc/PID/fdinfo/N shows it (Linux 5.3; older kernels answer ENOTTY, and
+    // the name is only a convenience, so any error is ignored).
     if (::ioctl(buffer.get(), DMA_BUF_SET_NAME_B, "shm-tutorial-05") == 0)
         say.say("ioctl(DMA_BUF_SET_NAME, \"shm-tutorial-05\") = 0");
 
