@@ -57,6 +57,21 @@ struct Process {
 /// How a program's stdin is connected.
 enum class Stdin { kPipe, kNull };
 
+/// Who a started program runs as: the test's own user, or another uid and gid (the test must be
+/// root to switch; see unprivileged_ids()).
+struct RunAs {
+    uid_t uid = static_cast<uid_t>(-1); ///< -1: the test's own
+    gid_t gid = static_cast<gid_t>(-1); ///< -1: the test's own
+};
+
+/// The ids of an unprivileged user (65534, "nobody") when the test runs as root and can start
+/// programs under them; empty when it cannot (the caller then skips with SKIP_TEST()).
+std::optional<RunAs> unprivileged_ids();
+
+/// Records that the current test case could not run on this machine, and why. `make test`
+/// counts it as skipped, never as passed, and lists it with its reason. Use SKIP_TEST().
+void record_skip(const std::string& reason);
+
 /// A set of programs in one process group, killed at a hard deadline.
 class ProcessGroup {
 public:
@@ -65,8 +80,10 @@ public:
     ProcessGroup(const ProcessGroup&) = delete;
     ProcessGroup& operator=(const ProcessGroup&) = delete;
 
-    /// Starts argv[0] (a path) with arguments; stdout and stderr are captured.
-    Process& start(const std::string& name, const std::vector<std::string>& argv, Stdin in = Stdin::kNull);
+    /// Starts argv[0] (a path) with arguments; stdout and stderr are captured. With `as`, the
+    /// program runs under that uid and gid (set in the child before exec).
+    Process& start(const std::string& name, const std::vector<std::string>& argv, Stdin in = Stdin::kNull,
+                   RunAs as = {});
     /// Queues bytes for the program's stdin; `close_after` closes it once they are written.
     void feed(Process& process, std::string bytes, bool close_after);
     /// Closes our end of its stdin (end of file for the program).
@@ -148,3 +165,12 @@ std::string random_bytes(std::size_t size, unsigned seed);
 int in_child(const std::function<int()>& body);
 
 } // namespace testsupport
+
+/// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason
+/// (see testsupport::record_skip()) and returns from the test case, so use it in the test case's
+/// own body, before any check.
+#define SKIP_TEST(reason)                      \
+    do {                                       \
+        ::testsupport::record_skip(reason);    \
+        return;                                \
+    } while (0)
