@@ -18,6 +18,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <sys/sem.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +32,11 @@
 namespace testsupport {
 
 namespace {
+
+/// Programs the tests started, in order (note_started()).
+std::vector<pid_t> g_started_pids;
+/// The LeakChecks alive now: ProcessGroup asks them to record keys while it waits.
+std::vector<const LeakCheck*> g_active_leak_checks;
 
 // Writing to the stdin pipe of a program that has exited must give EPIPE, not kill the tests.
 const bool g_sigpipe_ignored = [] {
@@ -157,6 +164,7 @@ Process& ProcessGroup::start(const std::string& name, const std::vector<std::str
         ::_exit(127);
     }
     ::setpgid(pid, group == 0 ? pid : group); // also in the parent: no race with the child's exec
+    note_started(pid);
     if (group == 0)
         group_ = pid;
 
@@ -197,6 +205,8 @@ void ProcessGroup::signal(Process& process, int signal_number) {
 }
 
 void ProcessGroup::pump_once(int poll_ms) {
+    for (const LeakCheck* leaks : g_active_leak_checks)
+        leaks->note_keys(); // a key file may exist only while its writer runs
     std::vector<pollfd> fds;
     std::vector<std::pair<Process*, int>> owners; // which process, which stream (0, 1, 2)
     for (Process& p : processes_) {
@@ -304,21 +314,11 @@ std::vector<std::string> TempDir::entries() const {
     return names;
 }
 
-std::vector<std::string> ipc_and_fd_snapshot() {
-    std::vector<std::string> objects;
-    for (const char* kind : {"shm", "sem"}) {
-        std::ifstream table(std::string("/proc/sysvipc/") + kind);
-        std::string line;
-        std::getline(table, line); // column titles
-        while (std::getline(table, line)) {
-            std::istringstream fields(line);
-            std::string key, id;
-            fields >> key >> id;
-            objects.push_back(std::string("System V ") + kind + " key=" + key + " id=" + id);
-        }
-    }
-    for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
-        objects.push_back("/dev/shm entry " + entry.path().string());
+namespace {
+
+/// This process's open descriptors, "N -> target", sorted.
+std::vector<std::string> descriptor_snapshot() {
+    std::vector<std::string> fds;
     DIR* dir = ::opendir("/proc/self/fd");
     if (dir == nullptr)
         fail_errno("opendir(/proc/self/fd)");
@@ -328,18 +328,188 @@ std::vector<std::string> ipc_and_fd_snapshot() {
         char target[256] = {};
         std::string link = std::string("/proc/self/fd/") + entry->d_name;
         ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-        objects.push_back(std::string("open descriptor ") + entry->d_name + " -> " + (n > 0 ? target : "?"));
+        fds.push_back(std::string(entry->d_name) + " -> " + (n > 0 ? target : "?"));
     }
     ::closedir(dir);
-    std::sort(objects.begin(), objects.end());
+    std::sort(fds.begin(), fds.end());
+    return fds;
+}
+
+/// One System V segment or semaphore set, from /proc/sysvipc.
+struct SysvObject {
+    std::string kind; ///< "shm" or "sem"
+    long key = 0;
+    int id = -1;
+    std::vector<pid_t> pids; ///< shm: creator and last user; sem: empty (read with semctl)
+    int semaphores = 0;      ///< sem: how many
+
+    std::string identity() const { return kind + " " + std::to_string(key) + " " + std::to_string(id); }
+    std::string describe() const {
+        char key_text[16];
+        std::snprintf(key_text, sizeof key_text, "0x%08lx", static_cast<unsigned long>(key) & 0xffffffffUL);
+        return "System V " + kind + " key=" + key_text + " id=" + std::to_string(id);
+    }
+};
+
+std::vector<SysvObject> sysv_objects() {
+    std::vector<SysvObject> objects;
+    for (const char* kind : {"shm", "sem"}) {
+        std::ifstream table(std::string("/proc/sysvipc/") + kind);
+        std::string line;
+        std::getline(table, line); // column titles
+        while (std::getline(table, line)) {
+            std::istringstream fields(line);
+            SysvObject object;
+            object.kind = kind;
+            std::string perms;
+            fields >> object.key >> object.id >> perms;
+            if (object.kind == "shm") {
+                // key shmid perms size cpid lpid ...
+                long size = 0;
+                pid_t creator = 0, last = 0;
+                fields >> size >> creator >> last;
+                object.pids = {creator, last};
+            } else {
+                // key semid perms nsems ...
+                fields >> object.semaphores;
+            }
+            if (fields)
+                objects.push_back(object);
+        }
+    }
     return objects;
 }
 
+/// The pids of the semaphores' last operations (semctl GETPID); empty when this user may not
+/// read the set (then it is not the test's: the test's programs run as its user, or as another
+/// user only when the test is root).
+std::vector<pid_t> semaphore_pids(const SysvObject& set) {
+    std::vector<pid_t> pids;
+    for (int number = 0; number < set.semaphores; ++number) {
+        int pid = ::semctl(set.id, number, GETPID);
+        if (pid > 0)
+            pids.push_back(pid);
+    }
+    return pids;
+}
+
+std::vector<std::string> dev_shm_entries() {
+    std::vector<std::string> names;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", error))
+        names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+/// "device:inode" of what is at `path` (not following a symlink), or empty if nothing is.
+std::string file_identity(const std::string& path) {
+    struct stat info {};
+    if (::lstat(path.c_str(), &info) == -1)
+        return {};
+    return std::to_string(info.st_dev) + ":" + std::to_string(info.st_ino);
+}
+
+/// True while an abstract socket named `name` ("@name") exists in this network namespace.
+bool abstract_socket_exists(const std::string& name) {
+    std::ifstream table("/proc/net/unix");
+    std::string line;
+    while (std::getline(table, line))
+        if (line.size() > name.size() && line.compare(line.size() - name.size(), name.size(), name) == 0 &&
+            line[line.size() - name.size() - 1] == ' ')
+            return true;
+    return false;
+}
+
+bool sorted_contains(const std::vector<std::string>& sorted, const std::string& value) {
+    return std::binary_search(sorted.begin(), sorted.end(), value);
+}
+
+} // namespace
+
+void note_started(pid_t pid) {
+    g_started_pids.push_back(pid);
+}
+
+LeakCheck::LeakCheck()
+    : before_fds_(descriptor_snapshot()), before_shm_(dev_shm_entries()), first_pid_(g_started_pids.size()) {
+    for (const SysvObject& object : sysv_objects())
+        before_sysv_.push_back(object.identity());
+    std::sort(before_sysv_.begin(), before_sysv_.end());
+    g_active_leak_checks.push_back(this);
+}
+
+LeakCheck::~LeakCheck() {
+    g_active_leak_checks.erase(std::remove(g_active_leak_checks.begin(), g_active_leak_checks.end(), this),
+                               g_active_leak_checks.end());
+}
+
+LeakCheck& LeakCheck::watch_shm_name(const std::string& name) {
+    shm_names_.push_back(name.substr(name.rfind('/') == std::string::npos ? 0 : name.rfind('/') + 1));
+    return *this;
+}
+
+LeakCheck& LeakCheck::watch_path(const std::string& path) {
+    paths_.push_back({path, path.starts_with("@") ? std::string() : file_identity(path)});
+    note_keys();
+    return *this;
+}
+
+void LeakCheck::note_keys() const {
+    for (const WatchedPath& watched : paths_) {
+        struct stat info {};
+        if (watched.path.starts_with("@") || ::stat(watched.path.c_str(), &info) == -1 || !S_ISREG(info.st_mode))
+            continue;
+        // ftok(3) in glibc: (st_ino & 0xffff) | (st_dev & 0xff) << 16 | (proj_id & 0xff) << 24.
+        int bits = static_cast<int>((info.st_ino & 0xffff) | ((info.st_dev & 0xff) << 16));
+        if (std::find(key_bits_.begin(), key_bits_.end(), bits) == key_bits_.end())
+            key_bits_.push_back(bits);
+    }
+}
+
 std::vector<std::string> LeakCheck::left_behind() const {
-    std::vector<std::string> now = ipc_and_fd_snapshot();
-    std::vector<std::string> added;
-    std::set_difference(now.begin(), now.end(), before_.begin(), before_.end(), std::back_inserter(added));
-    return added;
+    note_keys();
+    std::vector<std::string> left;
+
+    std::vector<std::string> fds_now = descriptor_snapshot();
+    for (const std::string& fd : fds_now)
+        if (!sorted_contains(before_fds_, fd))
+            left.push_back("open descriptor " + fd);
+
+    for (const std::string& entry : dev_shm_entries())
+        for (const std::string& name : shm_names_)
+            if (entry.starts_with(name) && !sorted_contains(before_shm_, entry)) {
+                left.push_back("/dev/shm entry /dev/shm/" + entry);
+                break;
+            }
+
+    for (const WatchedPath& watched : paths_) {
+        if (watched.path.starts_with("@")) {
+            if (abstract_socket_exists(watched.path))
+                left.push_back("abstract socket " + watched.path);
+            continue;
+        }
+        std::string identity = file_identity(watched.path);
+        if (!identity.empty() && identity != watched.identity_before)
+            left.push_back("file " + watched.path);
+    }
+
+    std::vector<pid_t> test_pids(g_started_pids.begin() + static_cast<std::ptrdiff_t>(first_pid_), g_started_pids.end());
+    test_pids.push_back(::getpid());
+    auto is_test_pid = [&](pid_t pid) {
+        return pid > 0 && std::find(test_pids.begin(), test_pids.end(), pid) != test_pids.end();
+    };
+    for (const SysvObject& object : sysv_objects()) {
+        if (sorted_contains(before_sysv_, object.identity()))
+            continue;
+        bool keyed_by_watched_file =
+            object.key != 0 && std::find(key_bits_.begin(), key_bits_.end(), static_cast<int>(object.key & 0xffffff)) !=
+                                   key_bits_.end();
+        std::vector<pid_t> pids = object.kind == "shm" ? object.pids : semaphore_pids(object);
+        if (keyed_by_watched_file || std::any_of(pids.begin(), pids.end(), is_test_pid))
+            left.push_back(object.describe());
+    }
+    return left;
 }
 
 void check_pair_carries(const std::vector<std::string>& writer, const std::vector<std::string>& reader,
@@ -406,6 +576,7 @@ int in_child(const std::function<int()>& body) {
         }
         ::_exit(code);
     }
+    note_started(pid);
     int status = 0;
     while (::waitpid(pid, &status, 0) == -1 && errno == EINTR) {
     }

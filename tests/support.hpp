@@ -5,9 +5,9 @@
 /// Every test starts its programs in one ProcessGroup: each program gets its own pipes for
 /// stdin, stdout and stderr, all of them share one process group, exits are reaped as soon as
 /// they happen, and at a hard deadline the whole group is killed and the test case fails, so a
-/// hung program can never hang the suite. LeakCheck snapshots the System V segments and
-/// semaphore sets, `/dev/shm` and the test's own open descriptors before a case and lists
-/// what is new after it.
+/// hung program can never hang the suite. LeakCheck lists what a case left behind among the
+/// objects the test named (its `/dev/shm` names, socket paths and key files, the System V objects
+/// of its key files and of the programs it started) and the test's own open descriptors.
 #pragma once
 
 #include <chrono>
@@ -130,19 +130,58 @@ private:
     std::string path_;
 };
 
-/// What exists now: System V segments and semaphore sets (key and id), `/dev/shm` entries and
-/// this process's open descriptors (number and target), one string per object.
-std::vector<std::string> ipc_and_fd_snapshot();
-
-/// Snapshots at construction; left_behind() lists what exists now and did not then.
+/// Checks that a test case left nothing behind, looking only at what the test itself named, so
+/// that another process on the machine (another test run, a desktop, a database) cannot fail it
+/// and a leak of the test's own still does:
+///
+/// - the descriptors of this test process: a full before/after comparison;
+/// - `/dev/shm` entries of the names given to watch_shm_name();
+/// - paths given to watch_path() (socket paths, key files): still there afterwards is a leak,
+///   and an `@abstract` socket name still listed in `/proc/net/unix` is one too;
+/// - System V segments and semaphore sets created during the case whose key is the `ftok(3)` key
+///   of a watched file (recorded while the file exists, whatever the project id), or whose
+///   creator or last user (`shm_cpid`/`shm_lpid`, a semaphore's `sempid`) is this test process or
+///   a program it started after the LeakCheck (ProcessGroup::start, in_child).
+///
+/// Usage: `LeakCheck leaks; leaks.watch_shm_name(chapter.name);` ... `check_nothing_left(leaks);`
 class LeakCheck {
 public:
-    LeakCheck() : before_(ipc_and_fd_snapshot()) {}
+    LeakCheck();
+    ~LeakCheck();
+    LeakCheck(const LeakCheck&) = delete;
+    LeakCheck& operator=(const LeakCheck&) = delete;
+
+    /// A `shm_open` name ("/NAME"): `/dev/shm/NAME`, and any entry whose name begins with NAME.
+    LeakCheck& watch_shm_name(const std::string& name);
+    /// A path the programs create (a socket, a key file) or an `@abstract` socket name. A path
+    /// that already exists when watched is reported only if it is replaced by another file.
+    LeakCheck& watch_path(const std::string& path);
+
+    /// One line per object left behind, for example "System V sem key=0x5102abcd id=3".
     std::vector<std::string> left_behind() const;
 
+    /// Records the System V keys of the watched files that exist now. ProcessGroup calls it while
+    /// it waits for programs, so the key of a key file the writer created and later removed is
+    /// known.
+    void note_keys() const;
+
 private:
-    std::vector<std::string> before_;
+    struct WatchedPath {
+        std::string path;
+        std::string identity_before; ///< device and inode when watched, or empty
+    };
+    std::vector<std::string> before_fds_;   ///< this process's descriptors, "N -> target"
+    std::vector<std::string> before_sysv_;  ///< System V objects that existed, "shm key id"
+    std::vector<std::string> before_shm_;   ///< /dev/shm entries that existed
+    std::size_t first_pid_ = 0;             ///< programs started from here on are the test's
+    std::vector<std::string> shm_names_;
+    std::vector<WatchedPath> paths_;
+    mutable std::vector<int> key_bits_;     ///< ftok keys without the project id byte
 };
+
+/// Records a process the test started (ProcessGroup::start and in_child do): System V objects
+/// it creates count as the test's in a LeakCheck made before it started.
+void note_started(pid_t pid);
 
 /// Runs `writer` with `data` on its standard input and `reader`, both to the end, and checks that
 /// both exit 0 and that the reader wrote exactly `data`.

@@ -48,6 +48,7 @@ bool contains_text(const std::string& text, const std::string& part) {
 TEST_CASE("01: a message arrives exactly, and the taught calls are narrated", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("10", {"hello", "shared memory"}));
@@ -72,6 +73,7 @@ TEST_CASE("01: a message arrives exactly, and the taught calls are narrated", "[
 TEST_CASE("01: 4 MiB of random bytes, zero bytes included, arrive identical", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 1));
     require_nothing_left(leaks, chapter);
 }
@@ -79,6 +81,7 @@ TEST_CASE("01: 4 MiB of random bytes, zero bytes included, arrive identical", "[
 TEST_CASE("01: a reader started before the writer waits for it", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& reader = group.start("reader", chapter.reader("20"));
@@ -98,6 +101,7 @@ TEST_CASE("01: a reader started before the writer waits for it", "[01]") {
 TEST_CASE("01: a reader with no writer fails within its timeout with a one-line error", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group(std::chrono::seconds(20));
         Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
@@ -114,6 +118,7 @@ TEST_CASE("01: a reader with no writer fails within its timeout with a one-line 
 TEST_CASE("01: a writer killed with SIGKILL mid-stream is reported dead, and the reader cleans up", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     const std::string data = random_bytes(1 << 20, 2);
     {
         ProcessGroup group;
@@ -142,6 +147,7 @@ TEST_CASE("01: a writer killed with SIGKILL mid-stream is reported dead, and the
 TEST_CASE("01: a writer killed while idle on its stdin is reported dead, not timed out", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -163,6 +169,7 @@ TEST_CASE("01: a writer killed while idle on its stdin is reported dead, not tim
 TEST_CASE("01: a writer that died before any reader came is reported, and its objects removed", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30", {"never read"}));
@@ -182,6 +189,7 @@ TEST_CASE("01: a writer that died before any reader came is reported, and its ob
 TEST_CASE("01: a segment with a corrupted header is refused", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30", {"payload"}));
@@ -233,6 +241,7 @@ TEST_CASE("01: a segment with a corrupted header is refused", "[01]") {
 TEST_CASE("01: a second reader is refused, and the first one still gets everything", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -259,6 +268,7 @@ TEST_CASE("01: objects left by a crashed writer are reported with the ipcrm comm
           "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& crashed = group.start("crashed writer", chapter.writer("30", {"lost"}));
@@ -294,6 +304,7 @@ TEST_CASE("01: objects left by a crashed writer are reported with the ipcrm comm
 TEST_CASE("01: a killed reader makes the writer clean up and fail", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -312,6 +323,7 @@ TEST_CASE("01: a killed reader makes the writer clean up and fail", "[01]") {
 TEST_CASE("01: a reader whose stdout closes early still cleans up, and so does the writer", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -332,6 +344,7 @@ TEST_CASE("01: a reader whose stdout closes early still cleans up, and so does t
 TEST_CASE("01: Ctrl-C on a waiting writer removes everything it created", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30", {"never read"}));
@@ -349,6 +362,7 @@ TEST_CASE("01: Ctrl-C on a waiting writer removes everything it created", "[01]"
 TEST_CASE("01: usage errors exit 2 with a pointer to --help, and --help exits 0", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     check_usage_errors({
         {binary("01-sysv/writer"), "--bogus"},
         {binary("01-sysv/writer"), "--timeout", "soon"},

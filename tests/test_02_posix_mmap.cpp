@@ -56,6 +56,7 @@ void plant_object(const std::string& name, std::size_t size, std::uint64_t capac
 TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("10", {"hello", "shared memory"}));
@@ -80,6 +81,7 @@ TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[
 TEST_CASE("02: 4 MiB of random bytes, zero bytes included, arrive identical", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 21));
     check_nothing_left(leaks);
 }
@@ -88,6 +90,7 @@ TEST_CASE("02: with --file, a regular file carries the same data and is removed"
     LeakCheck leaks;
     TempDir dir;
     const std::string path = dir.file("shared");
+    leaks.watch_path(path);
     const std::string data = random_bytes(1 << 20, 22);
     {
         ProcessGroup group;
@@ -110,6 +113,7 @@ TEST_CASE("02: with --file, a regular file carries the same data and is removed"
 TEST_CASE("02: a reader started before the writer waits for it", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& reader = group.start("reader", chapter.reader("20"));
@@ -129,6 +133,7 @@ TEST_CASE("02: a reader started before the writer waits for it", "[02]") {
 TEST_CASE("02: a reader with no writer fails within its timeout with a one-line error", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group(std::chrono::seconds(20));
         Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
@@ -145,6 +150,7 @@ TEST_CASE("02: a reader with no writer fails within its timeout with a one-line 
 TEST_CASE("02: an object that exists but is not ready is waited for, then refused at the timeout", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     std::string expected;
     SECTION("size 0: created, not yet sized") {
         plant_object(chapter.name, 0, 0);
@@ -170,6 +176,7 @@ TEST_CASE("02: an object that exists but is not ready is waited for, then refuse
 TEST_CASE("02: an object smaller than its ready header claims is refused", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     // The header says 64 KiB of data; the object holds 100 bytes after the header. A reader
     // that believed the header would read past the end of the object and die of SIGBUS.
     plant_object(chapter.name, shmtut::kHeaderSize + 100, 65536);
@@ -192,6 +199,7 @@ TEST_CASE("02: a header naming a live process that does not map the object is a 
     // test process and wait for ever.
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     plant_object(chapter.name, shmtut::kHeaderSize + 4096, 4096);
     {
         ProcessGroup group(std::chrono::seconds(20));
@@ -208,6 +216,7 @@ TEST_CASE("02: a header naming a live process that does not map the object is a 
 TEST_CASE("02: a writer killed with SIGKILL mid-stream is reported dead", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     const std::string data = random_bytes(1 << 20, 23);
     {
         ProcessGroup group;
@@ -235,6 +244,7 @@ TEST_CASE("02: a writer killed with SIGKILL mid-stream is reported dead", "[02]"
 TEST_CASE("02: a writer killed while idle on its stdin is reported dead, not timed out", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -256,6 +266,7 @@ TEST_CASE("02: a writer killed while idle on its stdin is reported dead, not tim
 TEST_CASE("02: a writer that died before any reader came is reported, and its name removed", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30", {"never read"}));
@@ -277,6 +288,7 @@ TEST_CASE("02: a writer that died before any reader came is reported, and its na
 TEST_CASE("02: a second reader is refused, and the first one still gets everything", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         // --keep leaves the name, so the second reader can open the object and meet the claim.
@@ -306,6 +318,7 @@ TEST_CASE("02: a second reader is refused, and the first one still gets everythi
 TEST_CASE("02: without --keep a second reader finds no name at all once the first has claimed", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -326,6 +339,7 @@ TEST_CASE("02: without --keep a second reader finds no name at all once the firs
 TEST_CASE("02: an object of the same name makes the writer fail with EEXIST, and --force replaces it", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     plant_object(chapter.name, 4096, 0);
     {
         ProcessGroup group;
@@ -354,6 +368,7 @@ TEST_CASE("02: an object of the same name makes the writer fail with EEXIST, and
 TEST_CASE("02: a killed reader makes the writer clean up and fail", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -372,6 +387,7 @@ TEST_CASE("02: a killed reader makes the writer clean up and fail", "[02]") {
 TEST_CASE("02: Ctrl-C on a waiting writer removes its object", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30", {"never read"}));
@@ -390,6 +406,7 @@ TEST_CASE("02: Ctrl-C on a waiting writer removes its object", "[02]") {
 TEST_CASE("02: the object is created 0600 whatever the umask", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         mode_t saved = ::umask(0277); // would turn 0600 into 0400; the child inherits it
@@ -413,6 +430,7 @@ TEST_CASE("02: shrinking an object under a mapping makes the next access raise S
     // restores SIGBUS's default action first (AddressSanitizer would turn it into exit 1).
     LeakCheck leaks;
     const std::string name = "/" + unique_name("shmtut-sigbus");
+    leaks.watch_shm_name(name);
     int fd = ::shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
     REQUIRE(fd != -1);
     const long page = ::sysconf(_SC_PAGESIZE);

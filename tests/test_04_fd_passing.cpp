@@ -105,6 +105,7 @@ shmtut::UniqueFd listen_at(const std::string& path) {
 TEST_CASE("04: a message arrives exactly, and the descriptor's journey is narrated", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("10", {"hello", "descriptor"}));
@@ -127,6 +128,7 @@ TEST_CASE("04: a message arrives exactly, and the descriptor's journey is narrat
 TEST_CASE("04: 4 MiB of random bytes arrive identical", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     check_pair_carries(chapter.writer("10", {"--quiet"}), chapter.reader("10", {"--quiet"}), random_bytes(4 << 20, 41));
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
@@ -135,6 +137,7 @@ TEST_CASE("04: 4 MiB of random bytes arrive identical", "[04]") {
 TEST_CASE("04: an abstract socket name works and leaves no file", "[04]") {
     LeakCheck leaks;
     const std::string name = "@" + unique_name("shmtut-test");
+    leaks.watch_path(name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", command("04-fd-passing/writer", {"--name", name}, "10", {"abstract"}));
@@ -152,6 +155,7 @@ TEST_CASE("04: an abstract socket name works and leaves no file", "[04]") {
 TEST_CASE("04: a reader started before the writer waits for its socket", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group;
         Process& reader = group.start("reader", chapter.reader("20"));
@@ -169,6 +173,7 @@ TEST_CASE("04: a reader started before the writer waits for its socket", "[04]")
 TEST_CASE("04: a reader with no writer fails within its timeout with a one-line error", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group(std::chrono::seconds(20));
         Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
@@ -184,6 +189,7 @@ TEST_CASE("04: a reader with no writer fails within its timeout with a one-line 
 TEST_CASE("04: a writer killed with SIGKILL is reported dead, and its socket file removed", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -206,6 +212,7 @@ TEST_CASE("04: a writer killed with SIGKILL is reported dead, and its socket fil
 TEST_CASE("04: a second reader is refused while the first is served", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -229,6 +236,7 @@ TEST_CASE("04: a second reader is refused while the first is served", "[04]") {
 TEST_CASE("04: a stale socket file is reported with the rm command, and --force replaces it", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         shmtut::UniqueFd stale = listen_at(chapter.name); // bound, then closed: a file nobody listens on
     }
@@ -253,6 +261,7 @@ TEST_CASE("04: a stale socket file is reported with the rm command, and --force 
 TEST_CASE("04: a killed reader makes the writer fail and remove its socket file", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
@@ -346,6 +355,7 @@ TEST_CASE("04 hostile server: every wrong hand-over is refused and leaves no des
 TEST_CASE("04 hostile server: the real reader refuses a memfd smaller than its header claims", "[04][hostile]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         shmtut::UniqueFd listener = listen_at(chapter.name);
         ProcessGroup group;
@@ -369,6 +379,7 @@ TEST_CASE("04 hostile server: a server of another user is refused by SO_PEERCRED
         SKIP_TEST("not root: this case starts a server under another uid");
     LeakCheck leaks;
     const std::string name = "@" + unique_name("shmtut-other-uid");
+    leaks.watch_path(name);
     int ready[2];
     REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
     pid_t server = ::fork();

@@ -34,6 +34,7 @@ TEST_CASE("05: without a usable dma-buf device both programs exit 77 and say why
     LeakCheck leaks;
     TempDir dir;
     const std::vector<std::string> name = {"--name", dir.file("sock")};
+    leaks.watch_path(dir.file("sock"));
     {
         ProcessGroup group(std::chrono::seconds(20));
         Process& heap = group.start("writer", command("05-dma-buf/writer", name, "5", {"hi"}));
@@ -63,6 +64,7 @@ TEST_CASE("05: a message and 1 MiB of random bytes arrive intact through a dma-b
     LeakCheck leaks;
     TempDir dir;
     const std::vector<std::string> name = {"--name", dir.file("sock")};
+    leaks.watch_path(dir.file("sock"));
     const std::string data = random_bytes(1 << 20, 51);
     std::vector<std::vector<std::string>> sources;
     if (heap)

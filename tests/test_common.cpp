@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -364,4 +365,112 @@ TEST_CASE("a deadline expires, and its slices never exceed the time left or the 
     timespec capped = later.slice(std::chrono::seconds(1));
     CHECK((capped.tv_sec == 1 && capped.tv_nsec == 0));
     CHECK(seconds_text(0.5) == "0.5 s");
+}
+
+namespace {
+
+/// What a process outside the test leaves while a case runs: a segment, a semaphore set it has
+/// used, and a /dev/shm entry, made by a child that the test support does not know of.
+struct ForeignObjects {
+    int segment = -1;
+    int semaphores = -1;
+    std::string shm_name = "/" + testsupport::unique_name("shmtut-foreign");
+
+    ForeignObjects() {
+        pid_t child = ::fork(); // deliberately not in_child(): a process the test did not start
+        REQUIRE(child != -1);
+        if (child == 0) {
+            int segment_id = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+            int set_id = ::semget(IPC_PRIVATE, 1, IPC_CREAT | 0600);
+            sembuf up{0, 1, 0};
+            int fd = ::shm_open(shm_name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+            bool made = segment_id != -1 && set_id != -1 && ::semop(set_id, &up, 1) == 0 && fd != -1;
+            int ids[2] = {segment_id, set_id};
+            // The ids go back to the parent in the /dev/shm object itself.
+            ::_exit(made && ::write(fd, ids, sizeof ids) == static_cast<ssize_t>(sizeof ids) ? 0 : 1);
+        }
+        int status = 0;
+        REQUIRE(::waitpid(child, &status, 0) == child);
+        REQUIRE(WIFEXITED(status));
+        REQUIRE(WEXITSTATUS(status) == 0);
+        int ids[2] = {-1, -1};
+        int in = ::shm_open(shm_name.c_str(), O_RDONLY, 0);
+        REQUIRE(in != -1);
+        REQUIRE(::read(in, ids, sizeof ids) == static_cast<ssize_t>(sizeof ids));
+        ::close(in);
+        segment = ids[0];
+        semaphores = ids[1];
+    }
+    ~ForeignObjects() {
+        ::shmctl(segment, IPC_RMID, nullptr);
+        ::semctl(semaphores, 0, IPC_RMID);
+        ::shm_unlink(shm_name.c_str());
+    }
+};
+
+} // namespace
+
+TEST_CASE("a leak check ignores what another process creates meanwhile", "[common][support]") {
+    testsupport::LeakCheck leaks;
+    testsupport::TempDir dir;
+    leaks.watch_shm_name("/" + testsupport::unique_name("shmtut-mine")).watch_path(dir.file("sock"));
+    ForeignObjects foreign;
+    std::vector<std::string> left = leaks.left_behind();
+    for (const std::string& object : left)
+        UNSCOPED_INFO("reported: " << object);
+    CHECK(left.empty());
+}
+
+TEST_CASE("a leak check reports the test's own objects, descriptors and files", "[common][support]") {
+    testsupport::LeakCheck leaks;
+    testsupport::TempDir dir;
+    const std::string shm_name = "/" + testsupport::unique_name("shmtut-mine");
+    const std::string key_file = dir.file("key");
+    leaks.watch_shm_name(shm_name).watch_path(key_file).watch_path(dir.file("sock"));
+    // A key file made by a program and removed again: a set created under its key by a process
+    // the test does not know is still the test's.
+    int key_fd = ::open(key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    REQUIRE(key_fd != -1);
+    ::close(key_fd);
+    key_t key = ::ftok(key_file.c_str(), 'Z');
+    REQUIRE(key != -1);
+    ForeignObjects foreign; // present throughout: must not be reported
+    int keyed_set = ::semget(key, 1, IPC_CREAT | IPC_EXCL | 0600);
+    REQUIRE(keyed_set != -1);
+    leaks.note_keys(); // what ProcessGroup does while it waits
+    REQUIRE(::unlink(key_file.c_str()) == 0);
+    // A segment made by a child the test started, with in_child().
+    int segment = -1;
+    int pipe_fds[2];
+    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0); // also a descriptor left open
+    int status = testsupport::in_child([&] {
+        int id = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+        return ::write(pipe_fds[1], &id, sizeof id) == static_cast<ssize_t>(sizeof id) ? 0 : 1;
+    });
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(::read(pipe_fds[0], &segment, sizeof segment) == static_cast<ssize_t>(sizeof segment));
+    int shm_fd = ::shm_open((shm_name + "-extra").c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    REQUIRE(shm_fd != -1);
+    ::close(shm_fd);
+    int socket_file = ::open(dir.file("sock").c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    REQUIRE(socket_file != -1);
+    ::close(socket_file);
+
+    std::vector<std::string> left = leaks.left_behind();
+    std::string all;
+    for (const std::string& object : left)
+        all += object + "\n";
+    INFO(all);
+    CHECK_THAT(all, contains("System V sem key=") && contains(" id=" + std::to_string(keyed_set) + "\n"));
+    CHECK_THAT(all, contains("System V shm key=0x00000000 id=" + std::to_string(segment) + "\n"));
+    CHECK_THAT(all, contains("/dev/shm entry /dev/shm" + shm_name + "-extra\n"));
+    CHECK_THAT(all, contains("file " + dir.file("sock") + "\n"));
+    CHECK_THAT(all, contains("open descriptor " + std::to_string(pipe_fds[0]) + " -> pipe:"));
+    CHECK(left.size() == 6); // and nothing of the foreign process
+    ::semctl(keyed_set, 0, IPC_RMID);
+    ::shmctl(segment, IPC_RMID, nullptr);
+    ::shm_unlink((shm_name + "-extra").c_str());
+    ::close(pipe_fds[0]);
+    ::close(pipe_fds[1]);
+    CHECK(leaks.left_behind() == std::vector<std::string>{"file " + dir.file("sock")});
 }
