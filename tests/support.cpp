@@ -23,6 +23,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// Catch2 v2 shows its reporter interfaces (for the ResultLog listener below) only when asked.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
 #include "catch.hpp"
 
 #ifndef SHMTUT_BUILD_DIR
@@ -121,14 +123,54 @@ std::optional<RunAs> unprivileged_ids() {
     return RunAs{65534, 65534};
 }
 
-void record_skip(const std::string& reason) {
-    std::string test_name = Catch::getResultCapture().getCurrentTestName();
-    WARN("skipped: " << reason);
-    // scripts/run-tests names the file: one line per skipped case, "NAME<TAB>REASON".
-    if (const char* log = std::getenv("SHMTUT_SKIP_LOG"); log != nullptr && *log != '\0') {
-        std::ofstream out(log, std::ios::app);
-        out << test_name << '\t' << reason << '\n';
+namespace {
+
+/// Appends one line to the result log that scripts/run-tests reads ($SHMTUT_RESULT_LOG), written
+/// and flushed at once so that a runner that crashes leaves every line written before.
+void log_result(const std::string& line) {
+    const char* path = std::getenv("SHMTUT_RESULT_LOG");
+    if (path == nullptr || *path == '\0')
+        return;
+    std::ofstream out(path, std::ios::app);
+    out << line << '\n';
+}
+
+/// Catch2 counts a case that skipped as passed, since it failed nothing, and says nothing about
+/// a case during which the runner crashed. This listener logs each case's start and end
+/// ("start<TAB>NAME", "end<TAB>NAME<TAB>FAILED ASSERTIONS"); record_skip() adds "skip<TAB>NAME<TAB>
+/// REASON". scripts/run-tests counts from that log: a case is failed if it failed an assertion or
+/// started and never ended, skipped if it skipped, and passed only otherwise.
+#if __has_include(<catch2/catch_all.hpp>)
+class ResultLog : public Catch::EventListenerBase {
+public:
+    using Catch::EventListenerBase::EventListenerBase;
+    void testCaseStarting(Catch::TestCaseInfo const& info) override { log_result("start\t" + info.name); }
+    void testCaseEnded(Catch::TestCaseStats const& stats) override {
+        log_result("end\t" + stats.testInfo->name + "\t" + std::to_string(stats.totals.assertions.failed));
     }
+};
+#else
+class ResultLog : public Catch::TestEventListenerBase {
+public:
+    using Catch::TestEventListenerBase::TestEventListenerBase;
+    void testCaseStarting(Catch::TestCaseInfo const& info) override {
+        Catch::TestEventListenerBase::testCaseStarting(info);
+        log_result("start\t" + info.name);
+    }
+    void testCaseEnded(Catch::TestCaseStats const& stats) override {
+        log_result("end\t" + stats.testInfo.name + "\t" + std::to_string(stats.totals.assertions.failed));
+        Catch::TestEventListenerBase::testCaseEnded(stats);
+    }
+};
+#endif
+
+} // namespace
+
+CATCH_REGISTER_LISTENER(ResultLog)
+
+void record_skip(const std::string& reason) {
+    WARN("skipped: " << reason);
+    log_result("skip\t" + Catch::getResultCapture().getCurrentTestName() + "\t" + reason);
 }
 
 Process& ProcessGroup::start(const std::string& name, const std::vector<std::string>& argv, Stdin in, RunAs as) {
