@@ -9,6 +9,14 @@
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
 
+# Build on every core unless told otherwise (make -j1): the test target's recursive make shares
+# the same job slots through make's jobserver.
+ifeq ($(MAKELEVEL),0)
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc)
+endif
+endif
+
 include mk/rules.mk
 include 01-sysv/Module.mk
 include 02-posix-mmap/Module.mk
@@ -45,19 +53,22 @@ run-05: $(filter $(BUILD)/05-dma-buf/%,$(BINARIES)) ## run chapter 05's pair: dm
 vm-05: ## run chapters 05 and 01-04 in a tiny VM with dma-buf (the first run builds a kernel: minutes)
 	@05-dma-buf/vm/run-vm
 
-test: ## build and run the tests; the last line says "N passed, N failed"
+test: ## build and run the tests; the last line says "N passed, N failed, N skipped"
 	@scripts/ensure-packages "Catch2 is the test framework of make test" catch2
-	@$(MAKE) --no-print-directory $(BINARIES) $(TEST_RUNNER)
+	@$(MAKE) --no-print-directory test-binaries
 	@scripts/run-tests $(TEST_RUNNER) $(TESTS)
 
 check: ## the same tests built with AddressSanitizer and UBSan into build/check
 	@scripts/ensure-packages "Catch2 is the test framework of make check" catch2
-	@$(MAKE) --no-print-directory BUILD=$(BUILD)/check SANITIZE=1 test-binaries-check
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/check SANITIZE=1 test-binaries
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		scripts/run-tests $(BUILD)/check/tests/run-tests $(TESTS)
 
-.PHONY: test-binaries-check
-test-binaries-check: $(BINARIES) $(TEST_RUNNER)
+# The programs and the test runner, built after ensure-packages has installed Catch2. The empty
+# recipe keeps make from saying "is up to date" for each of them.
+.PHONY: test-binaries
+test-binaries: $(BINARIES) $(TEST_RUNNER)
+	@:
 
 docs: ## build the documentation site into build/docs/html (warnings are errors)
 	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site" doxygen graphviz
