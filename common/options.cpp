@@ -1,10 +1,13 @@
 /// @file options.cpp
-/// @brief Implementation of parse_options().
+/// @brief Implementation of parse_options() with glibc's `getopt_long(3)`, as TLPI's programs
+///        and util-linux parse theirs.
 #include "options.hpp"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+
+#include <getopt.h>
 
 #include "error.hpp"
 
@@ -19,81 +22,95 @@ double parse_seconds(const std::string& option, const std::string& text) {
     return seconds;
 }
 
+namespace {
+
+// getopt_long's return values for the long options: the shared ones, then one per extra option.
+enum : int { kHelp = 'h', kQuiet = 256, kTimeout, kName, kKeep, kForce, kFirstExtra };
+
+} // namespace
+
 Options parse_options(int argc, char** argv, const OptionSpec& spec) {
     Options options;
     if (spec.default_name != nullptr)
         options.name = spec.default_name;
-    bool options_ended = false;
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i];
-        if (options_ended || arg.empty() || arg[0] != '-' || arg == "-") {
-            if (!spec.operands)
-                throw UsageError("unexpected argument '" + arg + "'");
-            options.operands.push_back(arg);
-            continue;
-        }
-        if (arg == "--") {
-            options_ended = true;
-            continue;
-        }
-        // Split "--opt=value"; otherwise the value, if the option takes one, is the next word.
-        std::string name = arg;
-        std::string value;
-        bool has_inline_value = false;
-        if (auto eq = arg.find('='); eq != std::string::npos) {
-            name = arg.substr(0, eq);
-            value = arg.substr(eq + 1);
-            has_inline_value = true;
-        }
-        auto take_value = [&]() -> std::string {
-            if (has_inline_value)
-                return value;
-            if (i + 1 >= argc)
-                throw UsageError(name + " needs a value");
-            return argv[++i];
-        };
-        auto no_value = [&] {
-            if (has_inline_value)
-                throw UsageError(name + " takes no value");
-        };
 
-        if (name == "--help" || name == "-h") {
-            no_value();
+    // The table getopt_long(3) reads: only the options this program accepts, so that any other
+    // is "unknown". It holds pointers into `extra_names`, which therefore never grows after.
+    std::vector<std::string> extra_names;
+    for (const ExtraOption& extra : spec.extra)
+        extra_names.push_back(extra.name.substr(extra.name.find_first_not_of('-')));
+    std::vector<option> table = {
+        {"help", no_argument, nullptr, kHelp},
+        {"quiet", no_argument, nullptr, kQuiet},
+        {"timeout", required_argument, nullptr, kTimeout},
+    };
+    if (spec.default_name != nullptr)
+        table.push_back({"name", required_argument, nullptr, kName});
+    if (spec.keep_and_force) {
+        table.push_back({"keep", no_argument, nullptr, kKeep});
+        table.push_back({"force", no_argument, nullptr, kForce});
+    }
+    for (std::size_t i = 0; i < spec.extra.size(); ++i)
+        table.push_back({extra_names[i].c_str(), spec.extra[i].takes_value ? required_argument : no_argument, nullptr,
+                         kFirstExtra + static_cast<int>(i)});
+    table.push_back({nullptr, 0, nullptr, 0});
+
+    // "-": operands come back in order as option 1 (so an operand where none is allowed is
+    // reported where it stands); ":": a missing value returns ':' instead of a message from
+    // glibc, so that every message below is ours. optind = 0 starts a fresh scan (glibc).
+    const char* short_options = "-:h";
+    opterr = 0;
+    optind = 0;
+    for (int code; (code = ::getopt_long(argc, argv, short_options, table.data(), nullptr)) != -1;) {
+        // For a long option, the word that held it, as written: "--quiet" from "--quiet=yes".
+        const std::string word = argv[optind - 1];
+        const std::string written = word.substr(0, word.find('='));
+        switch (code) {
+        case 1:
+            if (!spec.operands)
+                throw UsageError("unexpected argument '" + std::string(optarg) + "'");
+            options.operands.push_back(optarg);
+            break;
+        case kHelp:
             std::fputs(spec.usage, stdout);
             std::fflush(stdout);
             options.help = true;
             return options;
-        } else if (name == "--quiet") {
-            no_value();
+        case kQuiet:
             options.quiet = true;
-        } else if (name == "--timeout") {
-            options.timeout_seconds = parse_seconds(name, take_value());
-        } else if (name == "--name" && spec.default_name != nullptr) {
-            options.name = take_value();
+            break;
+        case kTimeout:
+            options.timeout_seconds = parse_seconds("--timeout", optarg);
+            break;
+        case kName:
+            options.name = optarg;
             if (options.name.empty())
                 throw UsageError("--name must not be empty");
-        } else if (name == "--keep" && spec.keep_and_force) {
-            no_value();
+            break;
+        case kKeep:
             options.keep = true;
-        } else if (name == "--force" && spec.keep_and_force) {
-            no_value();
+            break;
+        case kForce:
             options.force = true;
-        } else {
-            bool found = false;
-            for (const ExtraOption& extra : spec.extra) {
-                if (extra.name != name)
-                    continue;
-                found = true;
-                if (extra.takes_value) {
-                    extra.apply(take_value());
-                } else {
-                    no_value();
-                    extra.apply({});
-                }
-            }
-            if (!found)
-                throw UsageError("unknown option '" + name + "'");
+            break;
+        case ':': // a value is missing: optopt says whose
+            throw UsageError(written + " needs a value");
+        case '?':
+            if (optopt == 0) // an unknown or ambiguous long option
+                throw UsageError("unknown option '" + written + "'");
+            if (optopt >= kQuiet || (optopt == kHelp && word.rfind("--", 0) == 0)) // "--quiet=yes"
+                throw UsageError(written + " takes no value");
+            throw UsageError("unknown option '-" + std::string(1, static_cast<char>(optopt)) + "'");
+        default:
+            spec.extra[static_cast<std::size_t>(code - kFirstExtra)].apply(optarg != nullptr ? optarg : "");
+            break;
         }
+    }
+    // After "--", getopt_long stops: the rest are operands.
+    for (int i = optind; i < argc; ++i) {
+        if (!spec.operands)
+            throw UsageError("unexpected argument '" + std::string(argv[i]) + "'");
+        options.operands.emplace_back(argv[i]);
     }
     return options;
 }

@@ -5,8 +5,10 @@
 /// them: `--timeout SECONDS` (default 60: time for a person to switch terminals), `--quiet`,
 /// `--help`; named techniques add `--name NAME`, and where there is a named object to keep or
 /// replace, `--keep` and `--force`. A chapter adds its own options through OptionSpec::extra.
-/// Both `--opt VALUE` and `--opt=VALUE` are accepted; `--` ends the options. Any mistake throws
-/// UsageError (exit status 2).
+/// The parsing is glibc's `getopt_long(3)`, as in TLPI's programs and util-linux: `--opt VALUE`
+/// and `--opt=VALUE`, options and operands in any order, `--` ends the options, and (the GNU
+/// convention) an unambiguous prefix such as `--time` stands for `--timeout`. Any mistake throws
+/// UsageError with one line that names the option (exit status 2).
 #pragma once
 
 #include <functional>

@@ -251,6 +251,43 @@ TEST_CASE("bad command lines are usage errors", "[common][options]") {
     CHECK_THROWS_AS(parse({"reader", "--force"}, reader), UsageError);
 }
 
+TEST_CASE("a usage error names the option and what is wrong with it", "[common][options]") {
+    OptionSpec writer = writer_like_spec();
+    bool snapshot = false;
+    writer.extra.push_back({"--snapshot", false, [&](const std::string&) { snapshot = true; }});
+    writer.extra.push_back({"--fd", true, [](const std::string&) {}});
+    OptionSpec reader;
+    reader.default_name = "/default";
+    const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+        {{"writer", "--bogus"}, "unknown option '--bogus'"},
+        {{"writer", "--bogus=1"}, "unknown option '--bogus'"},
+        {{"writer", "-x"}, "unknown option '-x'"},
+        {{"writer", "--timeout"}, "--timeout needs a value"},
+        {{"writer", "--fd"}, "--fd needs a value"},
+        {{"writer", "--timeout", "abc"}, "--timeout wants a number of seconds above 0 and at most 86400, not 'abc'"},
+        {{"writer", "--timeout=0"}, "--timeout wants a number of seconds above 0 and at most 86400, not '0'"},
+        {{"writer", "--quiet=yes"}, "--quiet takes no value"},
+        {{"writer", "--snapshot=yes"}, "--snapshot takes no value"},
+        {{"writer", "--help=yes"}, "--help takes no value"},
+        {{"writer", "--name", ""}, "--name must not be empty"},
+        {{"writer", "--name="}, "--name must not be empty"},
+        {{"reader", "extra"}, "unexpected argument 'extra'"},
+        {{"reader", "extra", "--bogus"}, "unexpected argument 'extra'"}, // the first mistake, in order
+        {{"reader", "--keep"}, "unknown option '--keep'"},
+        {{"reader", "--", "--keep"}, "unexpected argument '--keep'"},
+    };
+    for (const auto& [words, message] : cases) {
+        INFO("command line: " << words[1] << (words.size() > 2 ? " " + words[2] : std::string()));
+        CHECK_THROWS_WITH(parse(words, words[0] == "writer" ? writer : reader), message);
+    }
+    // Operands and options in any order, "-" is an operand, "--" ends the options; each parse
+    // starts afresh (getopt_long keeps its state in globals).
+    Options mixed = parse({"writer", "hello", "--snapshot", "-", "--", "--quiet"}, writer);
+    CHECK(mixed.operands == std::vector<std::string>{"hello", "-", "--quiet"});
+    CHECK_FALSE(mixed.quiet);
+    CHECK(snapshot);
+}
+
 TEST_CASE("run_main maps each kind of failure to its exit status", "[common][error]") {
     // run_main prints the error line to stderr; send it to /dev/null inside a child.
     auto status_of = [](std::function<int()> body) {
