@@ -70,10 +70,12 @@ check: ## the same tests built with AddressSanitizer and UBSan into build/check
 test-binaries: $(BINARIES) $(TEST_RUNNER)
 	@:
 
-docs: ## build the documentation site into build/docs/html (warnings are errors)
-	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site" doxygen graphviz
+docs: ## build the documentation site into build/docs/html (warnings and garbled pages are errors)
+	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site; Python checks it" \
+		doxygen graphviz python3
 	@mkdir -p $(BUILD)/docs
-	doxygen docs/Doxyfile
+	(cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs") | doxygen -
+	@scripts/check-docs $(BUILD)/docs/html .
 
 clean: ## remove build/
 	rm -rf $(BUILD)
