@@ -14,16 +14,24 @@
 /// | 32     | 4    | end_of_stream   | writer     | 1 in the block that ends the stream, else 0 |
 /// | 36     | 4    | writer_pid      | writer     | the writer's process id: a claim the reader checks against what the kernel says (SO_PEERCRED, the parent, the pid it opened), or uses to open a pidfd (chapter 02), never alone trusted for identity |
 /// | 40     | 4    | flags           | writer     | chapter-defined bits (see each chapter's notes) |
-/// | 44     | 20   | reserved        | -          | zero |
-/// | 64     | 192  | chapter_area    | chapter    | the chapter's synchronisation words; words written by the reader start on their own 64-byte line |
+/// | 44     | 20   | reserved        | -          | zero (plain bytes, written once when constructed) |
+/// | 64     | 192  | chapter_area    | both sides | plain bytes in which the chapter places its synchronisation objects (atomics, process-shared semaphores), laid out in its own notes |
 /// | 256    | data_capacity | data   | writer     | the block's bytes |
 ///
 /// Rules that make it safe to share between processes that do not trust each other:
 /// - Offsets, never pointers: each process maps the memory at its own address.
-/// - Every field is a lock-free `std::atomic` (checked by `static_assert`): lock-free atomics are
-///   plain memory operations, so they work between processes; a locked one would use a lock in
-///   the process's own memory. Atomics also make a peer's concurrent change a value we read, not
-///   undefined behaviour.
+/// - Every field from `magic` to `flags` is a lock-free `std::atomic` (checked by
+///   `static_assert`): lock-free atomics are plain memory operations, so they work between
+///   processes; a locked one would use a lock in the process's own memory. Atomics also make a
+///   peer's concurrent change a value we read, not undefined behaviour. `reserved` and
+///   `chapter_area` are plain bytes: `reserved` is written only when the header is constructed,
+///   and a chapter constructs its own objects in `chapter_area` (lock-free atomics, or `sem_t`s
+///   initialised with `sem_init(pshared=1)`), which are what both sides then touch.
+/// - Who writes where: the first 64-byte line (`magic` to `reserved`) is written by the writer
+///   only, so a reader polling it never shares a line with its own writes. In `chapter_area` no
+///   line belongs to one side: a chapter keeps words written mostly by different sides on
+///   different lines, but a semaphore or futex word is written by both (`sem_post` increments
+///   what `sem_wait` decrements; a futex waker and waiter both touch the word).
 /// - Publication: publish_header() fills every field, then stores `magic` with release ordering;
 ///   header_ready() loads it with acquire ordering. publish_block() stores `sequence` last with
 ///   release ordering; take_snapshot() loads it first with acquire ordering.
@@ -53,7 +61,7 @@ inline constexpr std::size_t kDefaultDataCapacity = 64 * 1024;
 /// The shared header. Constructed once by the writer (construct_header()); other processes only
 /// look at it through a pointer to the mapped memory.
 struct SharedHeader {
-    // Cache line 0: written by the writer only.
+    // The first 64-byte line: written by the writer only (readers load, never store).
     std::atomic<std::uint32_t> magic;         ///< 0 until ready, then kHeaderMagic
     std::atomic<std::uint32_t> version;       ///< kLayoutVersion
     std::atomic<std::uint64_t> data_capacity; ///< bytes in the data area
@@ -62,8 +70,9 @@ struct SharedHeader {
     std::atomic<std::uint32_t> end_of_stream; ///< 1 in the last block
     std::atomic<std::uint32_t> writer_pid;    ///< the writer's pid, as the writer claims it
     std::atomic<std::uint32_t> flags;         ///< chapter-defined bits
-    std::uint8_t reserved[20];                ///< zero
-    /// Cache lines 1 to 3: the chapter's own synchronisation words, laid out by the chapter.
+    std::uint8_t reserved[20];                ///< zero: plain bytes, not an atomic
+    /// Lines 1 to 3: plain bytes in which the chapter constructs its synchronisation objects;
+    /// both sides write there (see the rules above).
     alignas(64) std::uint8_t chapter_area[192];
 };
 
