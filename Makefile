@@ -47,7 +47,7 @@ run-03: $(filter $(BUILD)/03-memfd/%,$(BINARIES)) ## run chapter 03's pair: memf
 run-04: $(filter $(BUILD)/04-fd-passing/%,$(BINARIES)) ## run chapter 04's pair: a memfd passed over a Unix socket
 	@scripts/run-demos $(BUILD) 04-fd-passing
 
-run-05: $(filter $(BUILD)/05-dma-buf/%,$(BINARIES)) ## run chapter 05's pair: dma-buf (skipped where the kernel lacks it)
+run-05: $(filter $(BUILD)/05-dma-buf/%,$(BINARIES)) ## run chapter 05's pair: dma-buf (skipped where no dma-buf device can be opened)
 	@scripts/run-demos $(BUILD) 05-dma-buf
 
 vm-05: ## run chapters 05 and 01-04 in a tiny VM with dma-buf (the first run builds a kernel: minutes)
