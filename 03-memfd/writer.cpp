@@ -19,7 +19,9 @@
 /// `F_SEAL_WRITE`.
 #include <cerrno>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,57 +72,65 @@ Without --spawn the writer prints the command to run in a second terminal:
 Exit status: 0 the reader confirmed the whole stream; 1 a runtime failure; 2 a usage error.
 )";
 
-struct Settings {
-    bool spawn = false;
-    bool snapshot = false;
+/// How this writer hands the memory over: the writer's own options.
+struct HandoverMode {
+    bool spawn = false;    ///< --spawn: start the reader as a child that inherits the descriptor
+    bool snapshot = false; ///< --snapshot: everything in one block, sealed against writes
 };
 
 /// memfd_create(2): an anonymous file on an internal tmpfs. MFD_CLOEXEC: no program this writer
 /// executes inherits it by accident. MFD_ALLOW_SEALING: without it, F_ADD_SEALS fails with
 /// EPERM. MFD_NOEXEC_SEAL (Linux 6.3): the memory can never be made executable.
 UniqueFd create_memfd(const Narrator& say) {
-    const char* flags = "MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL";
+    std::string call = std::string("memfd_create(\"") + memfd::kDebugName + "\", MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL)";
     int fd = ::memfd_create(memfd::kDebugName, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
     if (fd == -1 && errno == EINVAL) {
-        // EINVAL: a kernel older than 6.3 does not know the flag. (EACCES is different: the
-        // sysctl vm.memfd_noexec forbids what was asked, and retrying would be wrong.)
-        say.say("memfd_create(..., MFD_NOEXEC_SEAL) = -1 EINVAL: a kernel before 6.3; again without it");
-        flags = "MFD_CLOEXEC|MFD_ALLOW_SEALING";
+        // EINVAL: a kernel older than 6.3 does not know the flag; the memory is then simply not
+        // sealed against exec. (EACCES is different: the sysctl vm.memfd_noexec forbids what was
+        // asked, and retrying would be wrong.)
+        say.say("%s = -1 EINVAL: a kernel before 6.3; again without MFD_NOEXEC_SEAL", call.c_str());
+        call = std::string("memfd_create(\"") + memfd::kDebugName + "\", MFD_CLOEXEC|MFD_ALLOW_SEALING)";
         fd = ::memfd_create(memfd::kDebugName, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     }
     if (fd == -1 && errno == ENOSYS)
-        throw Unsupported("memfd_create needs Linux 3.17");
+        throw Unsupported(call + ": ENOSYS: this kernel has no memfd_create, which needs Linux 3.17");
     if (fd == -1)
-        throw_errno(std::string("memfd_create(\"") + memfd::kDebugName + "\", " + flags + ")");
-    say.say("memfd_create(\"%s\", %s) = %d", memfd::kDebugName, flags, fd);
+        throw_errno(call);
+    say.say("%s = %d", call.c_str(), fd);
     return UniqueFd(fd);
 }
 
 /// Sizes the memfd, reserving its pages (a full tmpfs is ENOSPC now, not SIGBUS later).
 void size_memfd(int fd, std::size_t size, const Narrator& say) {
+    const std::string truncate_call = "ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")";
     if (::ftruncate(fd, static_cast<off_t>(size)) == -1)
-        throw_errno("ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")");
-    int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-    if (error != 0)
-        throw_error(error, "posix_fallocate(fd=" + std::to_string(fd) + ", 0, " + std::to_string(size) + ")");
-    say.say("ftruncate(fd=%d, %zu) = 0, posix_fallocate = 0", fd, size);
+        throw_errno(truncate_call);
+    const std::string allocate_call = "posix_fallocate(fd=" + std::to_string(fd) + ", 0, " + std::to_string(size) + ")";
+    if (int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); error != 0)
+        throw_error(error, allocate_call);
+    say.say("%s = 0, %s = 0", truncate_call.c_str(), allocate_call.c_str());
 }
 
 /// F_ADD_SEALS: each seal forbids something for every holder of the file, the writer included,
 /// forever. F_SEAL_SEAL last: no seal can be added or removed after it.
 void add_seals(int fd, int seals, const Narrator& say) {
+    const std::string add_call = "fcntl(fd=" + std::to_string(fd) + ", F_ADD_SEALS, " + seals_text(seals) + ")";
     if (::fcntl(fd, F_ADD_SEALS, seals) == -1)
-        throw_errno("fcntl(fd=" + std::to_string(fd) + ", F_ADD_SEALS, " + seals_text(seals) + ")");
+        throw_errno(add_call);
+    const std::string get_call = "fcntl(fd=" + std::to_string(fd) + ", F_GET_SEALS)";
     int now = ::fcntl(fd, F_GET_SEALS);
-    say.say("fcntl(fd=%d, F_ADD_SEALS, %s) = 0; F_GET_SEALS: %s", fd, seals_text(seals).c_str(),
-            seals_text(now).c_str());
+    if (now == -1)
+        throw_errno(get_call);
+    say.say("%s = 0; %s = %s", add_call.c_str(), get_call.c_str(), seals_text(now).c_str());
 }
 
 Mapping map_shared(int fd, std::size_t size, const Narrator& say) {
+    const std::string call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
+                             std::to_string(fd) + ", 0)";
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
-        throw_errno("mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED)");
-    say.say("mmap(NULL, %zu, PROT_READ|PROT_WRITE, MAP_SHARED, fd=%d, 0) = %p", size, fd, base);
+        throw_errno(call);
+    say.say("%s = %p", call.c_str(), base);
     return Mapping(base, size);
 }
 
@@ -128,7 +138,7 @@ Mapping map_shared(int fd, std::size_t size, const Narrator& say) {
 /// action dup2(fd, fd) clears close-on-exec in the child only (dup2 onto itself is a special
 /// case that posix_spawn documents for this purpose, glibc 2.29), so the reader gets it and no
 /// other program ever does.
-pid_t spawn_reader(int fd, const Options& options, const Settings& settings, const Narrator& say) {
+pid_t spawn_reader(int fd, const Options& options, const HandoverMode& mode, const Narrator& say) {
     char self[PATH_MAX];
     ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
     if (n == -1)
@@ -139,7 +149,7 @@ pid_t spawn_reader(int fd, const Options& options, const Settings& settings, con
     char timeout[32];
     std::snprintf(timeout, sizeof timeout, "%g", options.timeout_seconds);
     std::vector<std::string> args = {path, "--fd", std::to_string(fd), "--timeout", timeout};
-    if (settings.snapshot)
+    if (mode.snapshot)
         args.push_back("--snapshot");
     if (options.quiet)
         args.push_back("--quiet");
@@ -148,6 +158,9 @@ pid_t spawn_reader(int fd, const Options& options, const Settings& settings, con
         argv.push_back(arg.data());
     argv.push_back(nullptr);
 
+    const std::string call = "posix_spawn(\"" + path + " --fd " + std::to_string(fd) +
+                             (mode.snapshot ? " --snapshot" : "") + "\", adddup2(" + std::to_string(fd) + ", " +
+                             std::to_string(fd) + "))";
     posix_spawn_file_actions_t actions;
     if (int error = ::posix_spawn_file_actions_init(&actions); error != 0)
         throw_error(error, "posix_spawn_file_actions_init");
@@ -157,22 +170,27 @@ pid_t spawn_reader(int fd, const Options& options, const Settings& settings, con
         error = ::posix_spawn(&child, path.c_str(), &actions, nullptr, argv.data(), environ);
     ::posix_spawn_file_actions_destroy(&actions);
     if (error != 0)
-        throw_error(error, "posix_spawn(\"" + path + "\")");
-    say.say("posix_spawn(\"%s --fd %d%s\", adddup2(%d, %d)) = 0: reader pid %d", path.c_str(), fd,
-            settings.snapshot ? " --snapshot" : "", fd, fd, child);
+        throw_error(error, call);
+    say.say("%s = 0: reader pid %d", call.c_str(), child);
     return child;
+}
+
+/// waitpid(2), retried when a signal interrupts it.
+pid_t wait_for_child(pid_t child, int* status) {
+    pid_t reaped;
+    while ((reaped = ::waitpid(child, status, 0)) == -1 && errno == EINTR) {
+        // A Ctrl-C reaches the reader too (same process group): keep waiting for it to finish.
+    }
+    return reaped;
 }
 
 /// Reaps the spawned reader and turns its end into ours: its failure is the writer's failure.
 void reap_reader(pid_t child, const Narrator& say) {
     int status = 0;
-    while (::waitpid(child, &status, 0) == -1) {
-        if (errno != EINTR)
-            throw_errno("waitpid(" + std::to_string(child) + ")");
-        // A Ctrl-C reaches the reader too (same process group): keep waiting for it to finish.
-    }
+    if (wait_for_child(child, &status) == -1)
+        throw_errno("waitpid(" + std::to_string(child) + ")");
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-        say.say("waitpid(%d) = reader exited 0", child);
+        say.say("waitpid(%d) = %d: the reader exited 0", child, child);
         return;
     }
     throw Failure(WIFEXITED(status) ? "the reader exited with status " + std::to_string(WEXITSTATUS(status))
@@ -185,18 +203,18 @@ struct ChildGuard {
     ~ChildGuard() {
         if (pid > 0) {
             ::kill(pid, SIGTERM);
-            ::waitpid(pid, nullptr, 0);
+            wait_for_child(pid, nullptr);
         }
     }
 };
 
 [[noreturn]] void reader_gone() {
-    throw Failure("the reader died before the end of the stream (its pidfd became readable)");
+    throw Failure("the reader died before the end of the stream (the kernel released its claim lock)");
 }
 
 /// Snapshot mode: everything in one block, then frozen. F_SEAL_WRITE is refused with EBUSY while
 /// any writable shared mapping exists, so the writer unmaps its own first.
-int run_snapshot(const Options& options, const Settings& settings, const Narrator& say) {
+int run_snapshot(const Options& options, const HandoverMode& mode, const Narrator& say) {
     std::string content;
     {
         Input input(options.operands);
@@ -216,14 +234,23 @@ int run_snapshot(const Options& options, const Settings& settings, const Narrato
         publish_header(*header, capacity, static_cast<std::uint32_t>(::getpid()), 0);
         publish_block(*header, content.size(), 1, true);
         say.say("%zu bytes written as block 1, the end of the stream", content.size());
-        if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE) == -1 && errno == EBUSY)
-            say.say("fcntl(fd=%d, F_ADD_SEALS, F_SEAL_WRITE) = -1 EBUSY: a writable shared mapping still exists",
-                    fd.get());
-        say.say("munmap(%p, %zu) = 0", mapping.get(), mapping.size());
-    } // munmap
+        // Shown on purpose: the seal that must wait for the unmap.
+        const std::string early_call = "fcntl(fd=" + std::to_string(fd.get()) + ", F_ADD_SEALS, F_SEAL_WRITE)";
+        if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE) != -1)
+            throw Failure(early_call + " succeeded while a writable shared mapping exists: not the kernel's rule");
+        if (errno != EBUSY)
+            throw_errno(early_call);
+        say.say("%s = -1 EBUSY: a writable shared mapping still exists", early_call.c_str());
+        void* base = mapping.get();
+        const std::string unmap_call = "munmap(" + std::to_string(reinterpret_cast<std::uintptr_t>(base)) + ", " +
+                                       std::to_string(size) + ")";
+        if (::munmap(mapping.release(), size) == -1)
+            throw_errno(unmap_call);
+        say.say("munmap(%p, %zu) = 0", base, size);
+    }
     add_seals(fd.get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL, say);
 
-    ChildGuard child{spawn_reader(fd.get(), options, settings, say)};
+    ChildGuard child{spawn_reader(fd.get(), options, mode, say)};
     fd.reset(); // the child has its own copy; ours is no longer needed
     pid_t pid = std::exchange(child.pid, -1);
     reap_reader(pid, say);
@@ -231,7 +258,7 @@ int run_snapshot(const Options& options, const Settings& settings, const Narrato
 }
 
 /// Stream mode: blocks handed over with two futex words, as chapter 02 did with semaphores.
-int run_stream(const Options& options, const Settings& settings, const Narrator& say) {
+int run_stream(const Options& options, const HandoverMode& mode, const Narrator& say) {
     const std::size_t size = kHeaderSize + kDefaultDataCapacity;
     UniqueFd fd = create_memfd(say);
     size_memfd(fd.get(), size, say);
@@ -248,29 +275,34 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
 
     ChildGuard child;
     UniqueFd child_pidfd; // a spawned reader that fails at once is noticed at once
+    std::function<bool()> spawned_alive;
     Deadline claim_deadline(options.timeout_seconds);
-    if (settings.spawn) {
-        child.pid = spawn_reader(fd.get(), options, settings, say);
+    if (mode.spawn) {
+        child.pid = spawn_reader(fd.get(), options, mode, say);
+        // A pid the kernel itself reported (posix_spawn), so a handle on it is proof.
         child_pidfd = open_pidfd(child.pid);
+        spawned_alive = [&child_pidfd] { return !process_exited(child_pidfd); };
     } else {
         say.say("waiting up to %s for a reader; in another terminal run:", seconds_text(options.timeout_seconds).c_str());
         say.say("    build/03-memfd/reader --pid %d --fd %d", ::getpid(), fd.get());
     }
     memfd::Waited claimed = memfd::wait_until(sync.reader_pid, [](std::uint32_t pid) { return pid != 0; },
-                                              child_pidfd ? &child_pidfd : nullptr, &claim_deadline);
+                                              spawned_alive, &claim_deadline);
     if (claimed == memfd::Waited::kPeerGone)
         reap_reader(std::exchange(child.pid, -1), say); // throws with the reader's own status
     if (claimed != memfd::Waited::kYes)
         throw Failure("no reader claimed the memory within " + seconds_text(options.timeout_seconds) +
                       ": run the reader command above while the writer waits");
-    auto reader_pid = static_cast<pid_t>(sync.reader_pid.load(std::memory_order_acquire));
-    say.say("futex(reader_pid, FUTEX_WAIT) woke: reader pid %d claimed the memory", reader_pid);
-    UniqueFd reader;
-    try {
-        reader = open_pidfd(reader_pid);
-    } catch (const SysError&) {
+    // The pid word only woke us: it is whatever the claimant wrote. The proof of a live reader is
+    // its claim lock, which the kernel drops when the reader dies, whatever its pid or namespace.
+    const std::uint32_t claimed_pid = sync.reader_pid.load(std::memory_order_acquire);
+    if (!memfd::claim_held(fd.get()))
         reader_gone();
-    }
+    say.say("futex(reader_pid, FUTEX_WAIT) woke: a reader (pid %u, it says) claimed the memory; "
+            "fcntl(fd=%d, F_OFD_GETLK) = its claim lock is held",
+            claimed_pid, fd.get());
+    const int memfd_number = fd.get();
+    auto reader_alive = [memfd_number] { return memfd::claim_held(memfd_number); };
 
     Input input(options.operands);
     if (input.from_stdin() && ::isatty(STDIN_FILENO))
@@ -281,10 +313,10 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
     for (;;) {
         // The data area is free once the reader has consumed the block before.
         std::uint32_t previous = sequence;
-        if (memfd::wait_until(sync.consumed, [previous](std::uint32_t c) { return c == previous; }, &reader, nullptr) !=
-            memfd::Waited::kYes)
+        if (memfd::wait_until(sync.consumed, [previous](std::uint32_t c) { return c == previous; }, reader_alive,
+                              nullptr) != memfd::Waited::kYes)
             reader_gone();
-        std::size_t length = input.next(data, kDefaultDataCapacity, [&reader] { return !process_exited(reader); });
+        std::size_t length = input.next(data, kDefaultDataCapacity, reader_alive);
         bool end = length == 0;
         publish_block(header, length, ++sequence, end);
         sync.published.store(sequence, std::memory_order_release);
@@ -300,7 +332,7 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
             "to confirm",
             static_cast<unsigned long long>(total), sequence - 1, sequence, seconds_text(options.timeout_seconds).c_str());
     Deadline confirm_deadline(options.timeout_seconds);
-    switch (memfd::wait_until(sync.consumed, [sequence](std::uint32_t c) { return c == sequence; }, &reader,
+    switch (memfd::wait_until(sync.consumed, [sequence](std::uint32_t c) { return c == sequence; }, reader_alive,
                               &confirm_deadline)) {
     case memfd::Waited::kYes:
         say.say("the reader confirmed the end of the stream");
@@ -312,9 +344,14 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
     }
     // Nothing to unlink: the memory goes when the last descriptor and mapping go.
     void* base = mapping.get();
-    mapping.reset();
-    say.say("munmap(%p, %zu) = 0; close(fd=%d): nothing to remove, a memfd has no name", base, size, fd.get());
-    fd.reset();
+    const std::string unmap_call = "munmap(" + std::to_string(reinterpret_cast<std::uintptr_t>(base)) + ", " +
+                                   std::to_string(size) + ")";
+    if (::munmap(mapping.release(), size) == -1)
+        throw_errno(unmap_call);
+    const int closed = fd.get();
+    if (::close(fd.release()) == -1)
+        throw_errno("close(fd=" + std::to_string(closed) + ")");
+    say.say("munmap(%p, %zu) = 0; close(fd=%d) = 0: nothing to remove, a memfd has no name", base, size, closed);
     if (child.pid > 0)
         reap_reader(std::exchange(child.pid, -1), say);
     return kExitSuccess;
@@ -325,17 +362,17 @@ int run_stream(const Options& options, const Settings& settings, const Narrator&
 /// Parses the command line and runs the writer; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("writer", [&] {
-        Settings settings;
+        HandoverMode mode;
         OptionSpec spec;
         spec.usage = kUsage;
         spec.operands = true;
-        spec.extra.push_back({"--spawn", false, [&](const std::string&) { settings.spawn = true; }});
-        spec.extra.push_back({"--snapshot", false, [&](const std::string&) { settings.snapshot = settings.spawn = true; }});
+        spec.extra.push_back({"--spawn", false, [&](const std::string&) { mode.spawn = true; }});
+        spec.extra.push_back({"--snapshot", false, [&](const std::string&) { mode.snapshot = mode.spawn = true; }});
         Options options = parse_options(argc, argv, spec);
         if (options.help)
             return static_cast<int>(kExitSuccess);
         Narrator say("writer", options.quiet);
         install_stop_handlers();
-        return settings.snapshot ? run_snapshot(options, settings, say) : run_stream(options, settings, say);
+        return mode.snapshot ? run_snapshot(options, mode, say) : run_stream(options, mode, say);
     });
 }

@@ -81,6 +81,12 @@ public:
     std::size_t size() const noexcept { return length_; }
     /// True when a mapping is owned.
     explicit operator bool() const noexcept { return address_ != nullptr; }
+    /// Gives up ownership (the caller will `munmap` it, and can check the result) and returns
+    /// the address.
+    void* release() noexcept {
+        length_ = 0;
+        return std::exchange(address_, nullptr);
+    }
     /// Unmaps now (the owner is then empty).
     void reset() noexcept {
         if (address_ != nullptr)

@@ -6,9 +6,12 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -88,15 +91,79 @@ void pause_briefly(std::chrono::milliseconds duration) {
 
 UniqueFd open_pidfd(pid_t pid) {
     long fd = ::syscall(SYS_pidfd_open, pid, 0);
-    if (fd == -1 && errno == ENOSYS)
-        throw Unsupported("pidfd_open needs Linux 5.3, to notice a peer's death");
+    if (fd == -1 && errno == ENOSYS) {
+        // A kernel before 5.3. /proc/PID pins the process as a pidfd does (see the header).
+        std::string path = "/proc/" + std::to_string(pid);
+        int dir = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir == -1 && errno == ENOENT)
+            errno = ESRCH; // what pidfd_open says for a process that does not exist
+        if (dir == -1)
+            throw_errno("open(\"" + path + "\", O_DIRECTORY) after pidfd_open(pid=" + std::to_string(pid) +
+                        "): ENOSYS");
+        return UniqueFd(dir);
+    }
     if (fd == -1)
         throw_errno("pidfd_open(pid=" + std::to_string(pid) + ")");
     return UniqueFd(static_cast<int>(fd));
 }
 
-bool process_exited(const UniqueFd& pidfd, std::chrono::milliseconds wait) {
-    pollfd entry{pidfd.get(), POLLIN, 0};
+bool is_pollable_pidfd(const UniqueFd& handle) {
+    struct stat info {};
+    if (::fstat(handle.get(), &info) == -1)
+        throw_errno("fstat(pidfd=" + std::to_string(handle.get()) + ")");
+    return !S_ISDIR(info.st_mode);
+}
+
+std::string process_handle_text(pid_t pid, const UniqueFd& handle) {
+    if (is_pollable_pidfd(handle))
+        return "pidfd_open(" + std::to_string(pid) + ") = " + std::to_string(handle.get());
+    return "open(\"/proc/" + std::to_string(pid) + "\", O_DIRECTORY) = " + std::to_string(handle.get()) +
+           " (pidfd_open: ENOSYS, a kernel before 5.3)";
+}
+
+namespace {
+
+/// The /proc/PID fallback: gone (the pinned pid has no task: ENOENT/ESRCH), or a zombie (state
+/// Z, or X while it is being reaped), counts as exited.
+bool proc_directory_says_exited(int directory) {
+    int stat_fd = ::openat(directory, "stat", O_RDONLY | O_CLOEXEC);
+    if (stat_fd == -1) {
+        if (errno == ENOENT || errno == ESRCH)
+            return true;
+        throw_errno("openat(/proc/PID, \"stat\")");
+    }
+    char text[512];
+    ssize_t n = ::read(stat_fd, text, sizeof text - 1);
+    int read_error = errno;
+    ::close(stat_fd);
+    if (n == -1 && (read_error == ESRCH || read_error == ENOENT))
+        return true;
+    if (n <= 0)
+        throw_error(n == 0 ? EIO : read_error, "read(/proc/PID/stat)");
+    text[n] = '\0';
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so look after the last ')'.
+    const char* close_paren = std::strrchr(text, ')');
+    if (close_paren == nullptr || close_paren[1] != ' ')
+        throw Failure("/proc/PID/stat has an unexpected format");
+    char state = close_paren[2];
+    return state == 'Z' || state == 'X' || state == 'x';
+}
+
+} // namespace
+
+bool process_exited(const UniqueFd& handle, std::chrono::milliseconds wait) {
+    if (!is_pollable_pidfd(handle)) {
+        auto end = std::chrono::steady_clock::now() + wait;
+        for (;;) {
+            if (proc_directory_says_exited(handle.get()))
+                return true;
+            if (std::chrono::steady_clock::now() >= end || g_stop_signal != 0)
+                return false;
+            pause_briefly(std::min<std::chrono::milliseconds>(
+                std::chrono::milliseconds(10), wait));
+        }
+    }
+    pollfd entry{handle.get(), POLLIN, 0};
     int ready = ::poll(&entry, 1, static_cast<int>(wait.count()));
     if (ready == -1) {
         if (errno == EINTR)

@@ -62,14 +62,32 @@ void throw_if_stopped();
 /// Returns early when a signal arrives; the caller then calls throw_if_stopped().
 void pause_briefly(std::chrono::milliseconds duration = std::chrono::milliseconds(20));
 
-/// Opens a pidfd for `pid` with `pidfd_open(2)` (Linux 5.3), called through `syscall` because
-/// glibc 2.36's wrapper in `<sys/pidfd.h>` does not link from C++. A pidfd refers to one
-/// process, not to a number: unlike `kill(pid, 0)` it is not fooled by a zombie or by a pid the
-/// kernel has since given to another process. Throws SysError.
+/// Opens a handle on the process `pid` that tells when it has died: a pidfd from `pidfd_open(2)`
+/// (Linux 5.3), called through `syscall` because glibc 2.36's wrapper in `<sys/pidfd.h>` does
+/// not link from C++. A pidfd refers to one process, not to a number: unlike `kill(pid, 0)` it
+/// is not fooled by a zombie or by a pid the kernel has since given to another process.
+///
+/// Where `pidfd_open` fails with ENOSYS (a kernel before 5.3: the 4.19 of many boards), it falls
+/// back to an open `/proc/PID` directory. That descriptor pins the process too: its inode holds
+/// the kernel's `struct pid`, so once the process is reaped every lookup under it fails
+/// (ESRCH/ENOENT), even if the number has been reused; `/proc/PID/stat` says Z while it is a
+/// zombie. Its limits: it cannot be poll()ed (it always polls readable: use process_exited(),
+/// see is_pollable_pidfd()), so a death is seen at the next look (waits look once a second); it
+/// needs `/proc` mounted and the process visible in it (same pid namespace, no `hidepid`); and a
+/// multi-threaded process whose first thread exited looks dead early (the tutorial's programs are
+/// single-threaded). Throws SysError (ESRCH: no such process).
 UniqueFd open_pidfd(pid_t pid);
 
-/// True once the process behind `pidfd` has terminated (the pidfd polls readable), waiting at
-/// most `wait` for it.
-bool process_exited(const UniqueFd& pidfd, std::chrono::milliseconds wait = std::chrono::milliseconds(0));
+/// True for a real pidfd, false for the `/proc/PID` fallback of open_pidfd(): only a real pidfd
+/// may be put in a poll() set to wake on the process's death.
+bool is_pollable_pidfd(const UniqueFd& handle);
+
+/// How the handle was opened, for narration: "pidfd_open(1234) = 5", or
+/// "open(\"/proc/1234\", O_DIRECTORY) = 5 (pidfd_open: ENOSYS, a kernel before 5.3)".
+std::string process_handle_text(pid_t pid, const UniqueFd& handle);
+
+/// True once the process behind `handle` (from open_pidfd()) has terminated (a pidfd polls
+/// readable; the /proc fallback finds it a zombie or gone), waiting at most `wait` for it.
+bool process_exited(const UniqueFd& handle, std::chrono::milliseconds wait = std::chrono::milliseconds(0));
 
 } // namespace shmtut

@@ -11,3 +11,10 @@ $(TEST_RUNNER): $(TEST_SOURCES:%.cpp=$(BUILD)/%.o) $(COMMON_LIBRARY)
 
 # Catch2 v3 splits the main from the library; v2 (Debian 12) ships one library with the main.
 CATCH2_LIBS ?= $(if $(wildcard /usr/include/catch2/catch_all.hpp),-lCatch2Main -lCatch2,-lCatch2WithMain)
+
+# The launcher the tests start programs through to make a system call fail (a seccomp filter)
+# or to stop a program at a chosen system call (ptrace): tests/launcher/launch.cpp.
+TEST_LAUNCHER := $(BUILD)/tests/launch
+$(TEST_LAUNCHER): $(BUILD)/tests/launcher/launch.o
+	$(CXX) $(LDFLAGS) $^ -o $@
+$(TEST_RUNNER): | $(TEST_LAUNCHER)

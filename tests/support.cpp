@@ -18,8 +18,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <sys/ptrace.h>
 #include <sys/sem.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -623,6 +625,127 @@ int in_child(const std::function<int()>& body) {
     while (::waitpid(pid, &status, 0) == -1 && errno == EINTR) {
     }
     return status;
+}
+
+
+std::vector<std::string> with_failing_syscalls(const std::vector<FailingSyscall>& failing,
+                                               const std::vector<std::string>& argv) {
+    std::vector<std::string> launch = {binary("tests/launch")};
+    for (const FailingSyscall& rule : failing) {
+        std::string text = std::to_string(rule.number);
+        if (rule.argument >= 0)
+            text += ":" + std::to_string(rule.argument) + ":" + std::to_string(rule.mask);
+        launch.insert(launch.end(), {"--fail", text + "=" + std::to_string(rule.error)});
+    }
+    launch.push_back("--");
+    launch.insert(launch.end(), argv.begin(), argv.end());
+    return launch;
+}
+
+std::vector<std::string> traced(const std::vector<std::string>& argv) {
+    std::vector<std::string> launch = {binary("tests/launch"), "--traced", "--"};
+    launch.insert(launch.end(), argv.begin(), argv.end());
+    return launch;
+}
+
+namespace {
+
+/// waitpid for a traced child, retrying EINTR, polling so that a program that never stops
+/// cannot hang the suite.
+int wait_traced(Process& process, std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+        int status = 0;
+        pid_t got = ::waitpid(process.pid, &status, WNOHANG | __WALL);
+        if (got == process.pid)
+            return status;
+        if (got == -1 && errno != EINTR)
+            fail_errno("waitpid(traced)");
+        if (std::chrono::steady_clock::now() >= deadline) {
+            ::kill(process.pid, SIGKILL);
+            FAIL(process.name << " did not reach the system call it was to stop at within 30 s");
+        }
+        ::usleep(1000);
+    }
+}
+
+} // namespace
+
+bool stop_at_syscall(Process& process, const std::function<bool(const SyscallEntry&)>& is_target) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    int status = wait_traced(process, deadline); // the stop at its exec (PTRACE_TRACEME)
+    bool options_set = false;
+    for (;;) {
+        if (WIFEXITED(status) || WIFSIGNALED(status)) {
+            process.wait_status = status;
+            return false;
+        }
+        int deliver = 0;
+        if (!options_set) {
+            // TRACESYSGOOD: a system call stop reports SIGTRAP|0x80, told apart from a real
+            // SIGTRAP. EXITKILL: if the test dies, the program dies too, never left stopped.
+            if (::ptrace(PTRACE_SETOPTIONS, process.pid, nullptr, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL) == -1)
+                fail_errno("ptrace(PTRACE_SETOPTIONS)");
+            options_set = true;
+        } else if (WSTOPSIG(status) == (SIGTRAP | 0x80)) {
+            __ptrace_syscall_info info{};
+            if (::ptrace(PTRACE_GET_SYSCALL_INFO, process.pid, sizeof info, &info) == -1)
+                fail_errno("ptrace(PTRACE_GET_SYSCALL_INFO)");
+            if (info.op == PTRACE_SYSCALL_INFO_ENTRY) {
+                SyscallEntry call{static_cast<long>(info.entry.nr), {}};
+                for (int i = 0; i < 6; ++i)
+                    call.args[i] = static_cast<unsigned long>(info.entry.args[i]);
+                if (is_target(call))
+                    return true;
+            }
+        } else {
+            deliver = WSTOPSIG(status); // a real signal: pass it on
+        }
+        if (::ptrace(PTRACE_SYSCALL, process.pid, nullptr, deliver) == -1)
+            fail_errno("ptrace(PTRACE_SYSCALL)");
+        status = wait_traced(process, deadline);
+    }
+}
+
+void resume_stopped(Process& process) {
+    if (::ptrace(PTRACE_DETACH, process.pid, nullptr, 0) == -1)
+        fail_errno("ptrace(PTRACE_DETACH)");
+}
+
+bool is_fstat(const SyscallEntry& call, int fd) {
+    bool fd_matches = fd == -1 ? static_cast<int>(call.args[0]) >= 3 : static_cast<int>(call.args[0]) == fd;
+#ifdef SYS_newfstatat
+    if (call.number == SYS_newfstatat && fd_matches)
+        return true;
+#endif
+#ifdef SYS_fstat
+    if (call.number == SYS_fstat && fd_matches)
+        return true;
+#endif
+#ifdef SYS_fstat64
+    if (call.number == SYS_fstat64 && fd_matches)
+        return true;
+#endif
+#ifdef SYS_statx
+    if (call.number == SYS_statx && fd_matches)
+        return true;
+#endif
+    return false;
+}
+
+bool is_get_seals(const SyscallEntry& call, int fd) {
+    bool fd_matches = fd == -1 ? static_cast<int>(call.args[0]) >= 3 : static_cast<int>(call.args[0]) == fd;
+#ifdef SYS_fcntl64
+    if (call.number == SYS_fcntl64 && fd_matches && call.args[1] == F_GET_SEALS)
+        return true;
+#endif
+    return call.number == SYS_fcntl && fd_matches && call.args[1] == F_GET_SEALS;
+}
+
+std::string descriptor_target(const Process& process, int fd) {
+    char target[512] = {};
+    std::string link = "/proc/" + std::to_string(process.pid) + "/fd/" + std::to_string(fd);
+    ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+    return n > 0 ? std::string(target, static_cast<std::size_t>(n)) : std::string();
 }
 
 } // namespace testsupport

@@ -203,6 +203,58 @@ std::string random_bytes(std::size_t size, unsigned seed);
 /// (signal handlers).
 int in_child(const std::function<int()>& body);
 
+
+// Making a fault happen on purpose: a system call that fails as on an older kernel, and a
+// program stopped at a chosen system call while the test changes the world under it.
+
+/// A system call that a program started through with_failing_syscalls() sees fail.
+struct FailingSyscall {
+    long number;          ///< SYS_pidfd_open, SYS_memfd_create...
+    int error;            ///< the errno it fails with: ENOSYS as on a kernel that lacks it
+    int argument = -1;    ///< >= 0: fail only when this argument (its low 32 bits) ...
+    unsigned mask = 0;    ///< ... has a bit of `mask` set (MFD_NOEXEC_SEAL in memfd_create's flags)
+};
+
+/// The command line that runs `argv` with each of `failing` failing, through the tests' launcher
+/// (build/tests/launch: a seccomp filter, installed with PR_SET_NO_NEW_PRIVS, so it works
+/// unprivileged). Start it with ProcessGroup::start() like any program.
+std::vector<std::string> with_failing_syscalls(const std::vector<FailingSyscall>& failing,
+                                               const std::vector<std::string>& argv);
+
+/// The command line that runs `argv` under this test's ptrace (PTRACE_TRACEME before the exec):
+/// start it with ProcessGroup::start(), then call stop_at_syscall() at once. (LeakSanitizer
+/// cannot run in a traced program: the launcher turns leak detection off for it.)
+std::vector<std::string> traced(const std::vector<std::string>& argv);
+
+/// One system call entry, as stop_at_syscall() shows it to its predicate.
+struct SyscallEntry {
+    long number;             ///< SYS_newfstatat, SYS_fcntl...
+    unsigned long args[6];   ///< the arguments
+};
+
+/// Runs a program started with traced() until it enters a system call for which `is_target`
+/// returns true, and leaves it stopped there, before the kernel executes that call: returns true.
+/// The test can then change what the call will see (shrink a file, seal it) and let the program
+/// go with resume_stopped(). Returns false when the program exited first (its status is then
+/// recorded in `process`, and it is no longer traced). Fails the test case after 30 s.
+bool stop_at_syscall(Process& process, const std::function<bool(const SyscallEntry&)>& is_target);
+
+/// Lets a program stopped by stop_at_syscall() go on, no longer traced (PTRACE_DETACH): the
+/// call it was stopped at runs now.
+void resume_stopped(Process& process);
+
+/// True for the calls that `fstat(fd)` becomes (glibc makes `newfstatat(fd, "", AT_EMPTY_PATH)`
+/// or `fstat`), on descriptor `fd`, or on any descriptor from 3 up when `fd` is -1.
+bool is_fstat(const SyscallEntry& call, int fd = -1);
+
+/// True for `fcntl(fd, F_GET_SEALS)`, on descriptor `fd`, or on any from 3 up when `fd` is -1.
+bool is_get_seals(const SyscallEntry& call, int fd = -1);
+
+/// What descriptor `fd` of a running (or stopped) program refers to: the target of
+/// /proc/PID/fd/FD ("/memfd:name (deleted)", "pipe:[123]"), or "" if it is not open. Lets a
+/// stop_at_syscall() predicate tell the program's own calls from the dynamic loader's.
+std::string descriptor_target(const Process& process, int fd);
+
 } // namespace testsupport
 
 /// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason

@@ -82,7 +82,7 @@ TEST_CASE("03: one terminal: the writer spawns the reader, and the message arriv
         CHECK(w.out == "hello\nmemfd\n"); // the spawned reader writes to the writer's stdout
         CHECK_THAT(w.err, contains("writer: memfd_create(\"shm-tutorial-03\", MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_NOEXEC_SEAL) = "));
         CHECK_THAT(w.err, contains("F_ADD_SEALS, F_SEAL_SEAL|F_SEAL_SHRINK|F_SEAL_GROW) = 0"));
-        CHECK_THAT(w.err, contains("-> /memfd:shm-tutorial-03 (deleted)"));
+        CHECK_THAT(w.err, contains("reader: readlink(\"/proc/self/fd/3\") = \"/memfd:shm-tutorial-03 (deleted)\": a memfd"));
         CHECK_THAT(w.err, contains("writer: waitpid("));
         CHECK_FALSE(group.any_member_alive()); // the writer reaped its reader
     }
@@ -132,7 +132,7 @@ TEST_CASE("03: a snapshot arrives identical, sealed against writes", "[03]") {
         CHECK(w.exit_code() == 0);
         CHECK(w.out == data);
         CHECK_THAT(w.err, contains("F_SEAL_WRITE) = -1 EBUSY: a writable shared mapping still exists"));
-        CHECK_THAT(w.err, contains("F_GET_SEALS: F_SEAL_SEAL|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE"));
+        CHECK_THAT(w.err, contains("F_GET_SEALS) = F_SEAL_SEAL|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE"));
         CHECK_THAT(w.err, contains("reader: mmap(NULL, 1048832, PROT_READ, MAP_PRIVATE"));
     }
     check_nothing_left(leaks);
@@ -382,4 +382,39 @@ TEST_CASE("03 seals: a sealed memfd cannot be shrunk under a reader, so no SIGBU
     });
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("03: a sender that shrinks the memfd and then seals it while the reader checks it cannot kill the reader",
+          "[03][seals][sigbus]") {
+    // The test plays a hostile sender that keeps its descriptor: it hands over an unsealed memfd
+    // of the right size, stops the reader inside its checks (ptrace), shrinks the memfd to 0 and
+    // adds F_SEAL_SHRINK|F_SEAL_GROW, then lets the reader go on. A reader that looked at the
+    // size before the seals would map the old size and die of SIGBUS at the first access.
+    LeakCheck leaks;
+    int stop_before_check = GENERATE(1, 2);
+    {
+        shmtut::UniqueFd fd = make_memfd(shmtut::kHeaderSize + 4096, 0);
+        ProcessGroup group;
+        Process& r = group.start("reader", traced({binary("03-memfd/reader"), "--pid", std::to_string(::getpid()),
+                                                   "--fd", std::to_string(fd.get()), "--timeout", "5"}));
+        // Counted: fstat and F_GET_SEALS on the received memfd, in the reader's order (the
+        // dynamic loader's fstat calls on its libraries are not the reader's checks).
+        int checks = 0;
+        bool stopped = stop_at_syscall(r, [&](const SyscallEntry& call) {
+            return (is_fstat(call) || is_get_seals(call)) &&
+                   descriptor_target(r, static_cast<int>(call.args[0])).rfind("/memfd:", 0) == 0 &&
+                   ++checks == stop_before_check;
+        });
+        if (stopped) {
+            REQUIRE(::ftruncate(fd.get(), 0) == 0);
+            REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+            resume_stopped(r);
+        }
+        group.wait(r);
+        INFO("stopped before check " << stop_before_check << ": " << stopped << "\nreader stderr:\n" << r.err);
+        CHECK(r.killed_by() == 0);
+        CHECK(r.exit_code() == 1);
+        CHECK_THAT(r.last_error_line(), contains("refusing it"));
+    }
+    check_nothing_left(leaks);
 }
