@@ -3,8 +3,10 @@
 TEST_SOURCES := $(wildcard tests/*.cpp)
 TEST_RUNNER := $(BUILD)/tests/run-tests
 
-# The integration tests start the real programs; they find them in this build folder.
-$(TEST_SOURCES:%.cpp=$(BUILD)/%.o): CPPFLAGS += -DSHMTUT_BUILD_DIR='"$(abspath $(BUILD))"'
+# The integration tests start the real programs; they find them in this build folder, and the
+# scripts and notes in the source folder.
+$(TEST_SOURCES:%.cpp=$(BUILD)/%.o): CPPFLAGS += -DSHMTUT_BUILD_DIR='"$(abspath $(BUILD))"' \
+	-DSHMTUT_SOURCE_DIR='"$(abspath .)"'
 
 $(TEST_RUNNER): $(TEST_SOURCES:%.cpp=$(BUILD)/%.o) $(COMMON_LIBRARY)
 	$(CXX) $(LDFLAGS) $^ $(CATCH2_LIBS) -o $@

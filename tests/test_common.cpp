@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -510,4 +512,56 @@ TEST_CASE("a leak check reports the test's own objects, descriptors and files", 
     ::close(pipe_fds[0]);
     ::close(pipe_fds[1]);
     CHECK(leaks.left_behind() == std::vector<std::string>{"file " + dir.file("sock")});
+}
+
+namespace {
+
+/// Runs scripts/run-tests on a stand-in for the Catch2 runner: a shell script that lists
+/// `names` when asked, writes `result_log` lines to $SHMTUT_RESULT_LOG as the real runner's
+/// listener does, prints `catch_summary` as Catch2 would, and exits with `exit_status`.
+/// Returns the summary's last line.
+std::string summary_of(const std::string& names, const std::string& result_log, const std::string& catch_summary,
+                       int exit_status) {
+    testsupport::TempDir dir;
+    const std::string runner = dir.file("runner");
+    {
+        std::ofstream script(runner);
+        script << "#!/bin/bash\n"
+               << "if [ \"$1\" = --list-test-names-only ]; then printf '%s' '" << names << "'; exit 0; fi\n"
+               << "printf '" << result_log << "' >> \"$SHMTUT_RESULT_LOG\"\n"
+               << "printf '%s\\n' '" << catch_summary << "'\n"
+               << (exit_status > 128 ? "kill -" + std::to_string(exit_status - 128) + " $$\n"
+                                     : "exit " + std::to_string(exit_status) + "\n");
+    }
+    REQUIRE(::chmod(runner.c_str(), 0700) == 0);
+    testsupport::ProcessGroup group;
+    testsupport::Process& run =
+        group.start("run-tests", {"/usr/bin/env", "-u", "SHMTUT_CASE_RESULTS", "/bin/bash",
+                                 std::string(SHMTUT_SOURCE_DIR) + "/scripts/run-tests", runner});
+    group.wait(run);
+    INFO("run-tests printed:\n" << run.out << run.err);
+    std::string last = run.out.substr(run.out.rfind('\n', run.out.size() - 2) + 1);
+    return last.substr(0, last.size() - 1);
+}
+
+} // namespace
+
+TEST_CASE("make test counts a skipped case as skipped and a crash as a failure", "[common][support]") {
+    const std::string names = "a\nb\nc\n";
+    SECTION("a skip is not a pass, and a case that skipped after failing is failed") {
+        CHECK(summary_of(names, "start\\ta\\nend\\ta\\t0\\nstart\\tb\\nskip\\tb\\tno device\\nend\\tb\\t0\\n"
+                                "start\\tc\\nskip\\tc\\tno root\\nend\\tc\\t1\\n",
+                         "test cases: 3 | 2 passed | 1 failed", 1) == "1 passed, 1 failed, 1 skipped");
+    }
+    SECTION("the case the runner died in, and the cases it never reached, are failed") {
+        CHECK(summary_of(names, "start\\ta\\nend\\ta\\t0\\nstart\\tb\\n", "", 128 + SIGKILL) ==
+              "1 passed, 2 failed, 0 skipped");
+    }
+    SECTION("a runner that fails after every case passed is one failure") {
+        CHECK(summary_of(names, "start\\ta\\nend\\ta\\t0\\nstart\\tb\\nend\\tb\\t0\\nstart\\tc\\nend\\tc\\t0\\n",
+                         "All tests passed (3 assertions in 3 test cases)", 1) == "3 passed, 1 failed, 0 skipped");
+    }
+    SECTION("a filter that matches nothing fails") {
+        CHECK(summary_of("", "", "No test cases matched", 2) == "0 passed, 1 failed, 0 skipped");
+    }
 }
