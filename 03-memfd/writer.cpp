@@ -297,7 +297,8 @@ int run_stream(const Options& options, const HandoverMode& mode, const Narrator&
     // its claim lock, which the kernel drops when the reader dies, whatever its pid or namespace.
     const std::uint32_t claimed_pid = sync.reader_pid.load(std::memory_order_acquire);
     if (!memfd::claim_held(fd.get()))
-        reader_gone();
+        throw Failure("reader_pid says pid " + std::to_string(claimed_pid) +
+                      " claimed the memory, but no claim lock is held: a dead or false reader; refusing the claim");
     say.say("futex(reader_pid, FUTEX_WAIT) woke: a reader (pid %u, it says) claimed the memory; "
             "fcntl(fd=%d, F_OFD_GETLK) = its claim lock is held",
             claimed_pid, fd.get());
