@@ -668,3 +668,64 @@ TEST_CASE("03: a kernel without memfd_create makes the writer exit 77; one witho
     }
     check_nothing_left(leaks);
 }
+
+// Step 1: the bare pair.
+
+TEST_CASE("03 step 1: the bare pair carries its message and leaves nothing behind", "[03][hello]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process& w = group.start("hello_writer", {binary("03-memfd/hello_writer")});
+        group.pump_until([&] { return w.out.find('\n') != std::string::npos || w.finished(); }, "the reader command");
+        int pid = 0, fd = -1;
+        REQUIRE(std::sscanf(w.out.c_str(), "build/03-memfd/hello_reader %d %d", &pid, &fd) == 2);
+        CHECK(pid == w.pid);
+        Process& r = group.start("hello_reader", {binary("03-memfd/hello_reader"), std::to_string(pid), std::to_string(fd)});
+        group.wait(r);
+        group.wait(w); // woken by the reader's FUTEX_WAKE
+        INFO("writer stderr:\n" << w.err << "reader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 0);
+        CHECK(w.exit_code() == 0);
+        CHECK(r.out == "Hello through a memfd!\n");
+        CHECK(r.err.empty());
+        CHECK(w.err.empty());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("03 step 1: the bare reader fails in one line without a writer, or with bad arguments", "[03][hello]") {
+    ProcessGroup group;
+    Process& alone = group.start("hello_reader", {binary("03-memfd/hello_reader"), "4194304", "3"});
+    group.wait(alone);
+    CHECK(alone.exit_code() == 1);
+    CHECK(alone.err == "/proc/4194304/fd/3: No such file or directory\n");
+    Process& usage = group.start("hello_reader", {binary("03-memfd/hello_reader")});
+    group.wait(usage);
+    CHECK(usage.exit_code() == 2);
+    CHECK(usage.err == "usage: hello_reader WRITER_PID FD\n");
+}
+
+TEST_CASE("03 step 1: what step 2 adds: the bare reader dies of SIGBUS on a shrunk memfd, the full one refuses it",
+          "[03][hello][sigbus]") {
+    // A sender hands over a memfd of 0 bytes (or shrinks it before the reader maps it). The bare
+    // reader maps 4096 bytes without asking: the first read raises SIGBUS. The full reader asks
+    // the seals, then the size, and refuses.
+    LeakCheck leaks;
+    {
+        shmtut::UniqueFd fd = make_memfd(0, 0);
+        ProcessGroup group;
+        Process& bare = group.start("hello_reader", {binary("03-memfd/hello_reader"), std::to_string(::getpid()),
+                                                     std::to_string(fd.get())});
+        group.wait(bare);
+#if defined(__SANITIZE_ADDRESS__)
+        CHECK_THAT(bare.err, contains("BUS")); // AddressSanitizer reports the SIGBUS and exits 1
+#else
+        CHECK(bare.killed_by() == SIGBUS);
+#endif
+        Process& full = read_own_descriptor(group, fd.get());
+        CHECK(full.killed_by() == 0);
+        CHECK(full.exit_code() == 1);
+        CHECK_THAT(full.last_error_line(), contains("has seals none, needs F_SEAL_SHRINK|F_SEAL_GROW: refusing it"));
+    }
+    check_nothing_left(leaks);
+}
