@@ -729,3 +729,12 @@ TEST_CASE("03 step 1: what step 2 adds: the bare reader dies of SIGBUS on a shru
     }
     check_nothing_left(leaks);
 }
+
+TEST_CASE("03: the atomic::wait experiment takes --help and refuses other arguments", "[03]") {
+    ProcessGroup group;
+    Process& help = group.start("experiment", {binary("03-memfd/atomic_wait_experiment"), "--help"});
+    group.wait(help);
+    CHECK(help.exit_code() == 0);
+    CHECK_THAT(help.out, contains("Usage: atomic_wait_experiment [--help]"));
+    check_usage_errors({{binary("03-memfd/atomic_wait_experiment"), "--bogus"}});
+}
