@@ -19,8 +19,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static void die(const char* call) { std::perror(call); std::exit(1); } // TLPI's errExit
+/// Prints the call that failed with the system's error text, and exits 1 (TLPI's errExit).
+static void die(const char* call) { std::perror(call); std::exit(1); }
 
+/// Opens and maps the writer's memfd, prints the message, and wakes the writer.
 int main(int argc, char** argv) {
     if (argc != 3) { std::fprintf(stderr, "usage: hello_reader WRITER_PID FD\n"); return 2; }
     std::string path = std::string("/proc/") + argv[1] + "/fd/" + argv[2];

@@ -20,8 +20,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static void die(const char* call) { std::perror(call); std::exit(1); } // TLPI's errExit
+/// Prints the call that failed with the system's error text, and exits 1 (TLPI's errExit).
+static void die(const char* call) { std::perror(call); std::exit(1); }
 
+/// Creates, sizes, seals, maps and fills the memfd, prints the reader's command, and waits.
 int main() {
     const char message[] = "Hello through a memfd!\n";
     const std::size_t size = 4096; // one page: a 4-byte "done" word, then the message

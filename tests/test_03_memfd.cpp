@@ -738,3 +738,21 @@ TEST_CASE("03: the atomic::wait experiment takes --help and refuses other argume
     CHECK_THAT(help.out, contains("Usage: atomic_wait_experiment [--help]"));
     check_usage_errors({{binary("03-memfd/atomic_wait_experiment"), "--bogus"}});
 }
+
+TEST_CASE("03 step 1: the notes quote the bare pair whole, as it is in the files", "[03][hello]") {
+    auto slurp = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    };
+    std::string notes = slurp("03-memfd/README.md"); // make test runs from the top of the checkout
+    if (notes.empty())
+        SKIP_TEST("03-memfd/README.md not found: run the tests from the top of the checkout");
+    for (const char* file : {"03-memfd/hello_writer.cpp", "03-memfd/hello_reader.cpp"}) {
+        std::string code = slurp(file);
+        INFO(file);
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
+}
