@@ -2,7 +2,7 @@
 /// @brief Chapter 03 experiment: C++20 `std::atomic<T>::wait` / `notify_one` between two
 ///        processes, next to a raw futex on the same word.
 ///
-/// Usage: `atomic_wait_experiment`
+/// Usage: `atomic_wait_experiment [--help]`
 ///
 /// A parent and a forked child share one page (`MAP_SHARED|MAP_ANONYMOUS`). The child waits with
 /// `std::atomic::wait`; the parent changes the value and calls `notify_one`. Each case reports
@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <new>
+#include <string>
 
 #include <linux/futex.h>
 #include <signal.h>
@@ -31,6 +32,17 @@
 using namespace shmtut;
 
 namespace {
+
+const char* const kUsage = R"usage(Usage: atomic_wait_experiment [--help]
+
+Chapter 03 experiment: does C++20 std::atomic<T>::wait / notify_one work between two
+processes? A parent and a forked child share one page; the child waits, the parent stores
+and notifies. Five cases, one line each: "woke", or "STILL ASLEEP after 2 s (killed)".
+Compare notify_one() with a raw futex(FUTEX_WAKE), and a 4-byte word with an 8-byte one.
+Takes about 10 seconds.
+
+Exit status: 0 the cases ran (whatever they showed); 1 a call failed; 2 a usage error.
+)usage";
 
 /// The shared page: a 4-byte word (the size libstdc++ waits on directly) and an 8-byte one.
 struct Shared {
@@ -85,8 +97,14 @@ void report(const char* what, bool woke) {
 } // namespace
 
 /// Runs the cases and prints one line each.
-int main() {
-    return run_main("atomic_wait_experiment", [] {
+int main(int argc, char** argv) {
+    return run_main("atomic_wait_experiment", [&] {
+        if (argc == 2 && std::string(argv[1]) == "--help") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        }
+        if (argc > 1)
+            throw UsageError(std::string("unexpected argument '") + argv[1] + "': it takes none");
         void* page = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (page == MAP_FAILED)
             throw_errno("mmap(MAP_SHARED|MAP_ANONYMOUS)");

@@ -241,8 +241,8 @@ UniqueFd claim_memory(int memfd, memfd::Sync& sync, const Narrator& say) {
     if (!sync.reader_pid.compare_exchange_strong(expected_claim, self_pid, std::memory_order_acq_rel))
         throw Failure("another reader (pid " + std::to_string(expected_claim) +
                       ") has already claimed this memory: one writer serves one reader");
-    memfd::futex_wake(sync.reader_pid);
-    say.say("reader_pid: compare-and-swap 0 -> %u, futex(FUTEX_WAKE): claimed", self_pid);
+    long woken = memfd::futex_wake(sync.reader_pid);
+    say.say("reader_pid: compare-and-swap 0 -> %u; futex(reader_pid, FUTEX_WAKE) = %ld: claimed", self_pid, woken);
     return claim;
 }
 

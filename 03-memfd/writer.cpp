@@ -297,9 +297,10 @@ int run_stream(const Options& options, const HandoverMode& mode, const Narrator&
     // its claim lock, which the kernel drops when the reader dies, whatever its pid or namespace.
     const std::uint32_t claimed_pid = sync.reader_pid.load(std::memory_order_acquire);
     if (!memfd::claim_held(fd.get()))
-        reader_gone();
+        throw Failure("reader_pid says pid " + std::to_string(claimed_pid) +
+                      " claimed the memory, but no claim lock is held: a dead or false reader; refusing the claim");
     say.say("futex(reader_pid, FUTEX_WAIT) woke: a reader (pid %u, it says) claimed the memory; "
-            "fcntl(fd=%d, F_OFD_GETLK) = its claim lock is held",
+            "fcntl(fd=%d, F_OFD_GETLK) = 0, l_type=F_WRLCK: its claim lock is held",
             claimed_pid, fd.get());
     const int memfd_number = fd.get();
     auto reader_alive = [memfd_number] { return memfd::claim_held(memfd_number); };
@@ -320,11 +321,12 @@ int run_stream(const Options& options, const HandoverMode& mode, const Narrator&
         bool end = length == 0;
         publish_block(header, length, ++sequence, end);
         sync.published.store(sequence, std::memory_order_release);
-        memfd::futex_wake(sync.published);
+        long woken = memfd::futex_wake(sync.published);
         total += length;
         if (sequence == 1 && !end)
-            say.say("futex(published, FUTEX_WAKE): block 1, %zu bytes (each further block goes the same way, quietly)",
-                    length);
+            say.say("futex(published, FUTEX_WAKE) = %ld: block 1, %zu bytes (each further block goes the same way, "
+                    "quietly)",
+                    woken, length);
         if (end)
             break;
     }
