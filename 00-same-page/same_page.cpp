@@ -125,7 +125,8 @@ std::string describe(std::uint64_t entry) {
 
 /// Opens this process's pagemap. "self" is resolved now, to the calling process: a descriptor
 /// inherited across fork() still reads the page table of the process that opened it, so the
-/// child opens its own. The kernel also checks CAP_SYS_ADMIN now, at open, not at each read.
+/// child opens its own. Whether reads show PFNs depends on the credentials of the opener, which
+/// the kernel saved at open (CAP_SYS_ADMIN), not on who reads later.
 UniqueFd open_pagemap(const Narrator& say) {
     int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd == -1) {
@@ -469,7 +470,7 @@ int run(const Options& options, std::size_t pages, bool pause) {
     void* private_base = private_copy.get();
     shared.reset();
     private_copy.reset();
-    say.say("munmap(%p, %zu) = 0, munmap(%p, %zu) = 0: the shared frame is freed with its last mapping",
+    say.say("munmap(%p, %zu) = 0, munmap(%p, %zu) = 0: the shared memory is freed with its last mapping",
             shared_base, length, private_base, length);
     if (!as_taught)
         throw Failure("the pages did not behave as shared and private memory must: see UNEXPECTED above");
