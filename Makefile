@@ -18,11 +18,13 @@ endif
 endif
 
 include mk/rules.mk
+include 00-same-page/Module.mk
 include 01-sysv/Module.mk
 include 02-posix-mmap/Module.mk
 include 03-memfd/Module.mk
 include 04-fd-passing/Module.mk
 include 05-dma-buf/Module.mk
+include tools/Module.mk
 include tests/Module.mk
 
 BINARIES := $(call program_binaries)
