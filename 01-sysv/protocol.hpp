@@ -22,14 +22,17 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <string_view>
 
 #include <fcntl.h>
 #include <sys/sem.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.hpp"
+#include "narrate.hpp"
 #include "wait.hpp"
 
 namespace sysv {
@@ -49,21 +52,43 @@ enum Semaphore : unsigned short {
     kSemaphoreCount = 5
 };
 
-/// What a writer writes into a key file it creates. A key file that holds exactly this was made
-/// by a writer and is removed with the writer's objects (by the writer at the end, or by the
-/// reader that finds the writer dead); any other file named by `--name` is the user's and stays.
+/// What a writer writes into a key file it creates. A key file that holds exactly this, is a
+/// regular file and belongs to this user was made by a writer and is removed with the writer's
+/// objects (by the writer at the end, or by the reader that finds the writer dead); any other
+/// file named by `--name` is the user's and stays.
 inline constexpr std::string_view kKeyFileMarker = "shm-tutorial 01-sysv key file: ftok() reads its inode\n";
 
-/// True if `path` is a key file a writer created (it holds kKeyFileMarker).
+/// True if `path` is a key file a writer of this user created (it holds kKeyFileMarker).
+/// `O_NOFOLLOW`: a symbolic link at `path` is never a key file (open fails with ELOOP).
 inline bool is_writer_key_file(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd == -1)
         return false;
+    struct stat file {};
     char content[128];
-    ssize_t n = ::read(fd, content, sizeof content);
-    ::close(fd);
+    ssize_t n = -1;
+    if (::fstat(fd, &file) == 0 && S_ISREG(file.st_mode) && file.st_uid == ::geteuid())
+        n = ::read(fd, content, sizeof content);
+    ::close(fd); // read-only: nothing to lose if close fails
     return n == static_cast<ssize_t>(kKeyFileMarker.size()) &&
            std::string_view(content, kKeyFileMarker.size()) == kKeyFileMarker;
+}
+
+/// Refuses a symbolic link at the key path. `ftok(3)` calls `stat`, which follows links: a link
+/// planted at `--name` would hand this program the key of whatever it points to. So both
+/// programs look at the path itself with `lstat(2)` first and never follow, nor remove through,
+/// a link. A missing path is not refused (the reader waits for it; the writer creates it).
+inline void refuse_symbolic_link(const std::string& path) {
+    const std::string call = "lstat(\"" + path + "\")";
+    struct stat file {};
+    if (::lstat(path.c_str(), &file) == -1) {
+        if (errno == ENOENT)
+            return;
+        shmtut::throw_errno(call);
+    }
+    if (S_ISLNK(file.st_mode))
+        throw shmtut::Failure(call + ": " + path + " is a symbolic link: refusing to follow it (ftok would take "
+                              "the key of whatever it points to); give --name the path of a regular file");
 }
 
 /// The `semun` argument of `semctl(2)`, which the program must define itself.
@@ -79,6 +104,27 @@ inline int semaphore_value(int semid, unsigned short semaphore) {
     if (value == -1)
         shmtut::throw_errno("semctl(semid=" + std::to_string(semid) + ", " + std::to_string(semaphore) + ", GETVAL)");
     return value;
+}
+
+/// The pid of the last process that operated on one semaphore (`semctl(GETPID)`): for a
+/// lifetime token, the process that took it (or whose exit gave it back).
+inline int semaphore_pid(int semid, unsigned short semaphore) {
+    int pid = ::semctl(semid, semaphore, GETPID);
+    if (pid == -1)
+        shmtut::throw_errno("semctl(semid=" + std::to_string(semid) + ", " + std::to_string(semaphore) + ", GETPID)");
+    return pid;
+}
+
+/// True once the writer that created the set has initialised it: `semctl(SETALL)` leaves
+/// `sem_otime` at 0 and the writer's first `semop` (its "writer alive" token) sets it, the
+/// handshake that `semget(2)` describes.
+inline bool set_initialised(int semid) {
+    semid_ds info{};
+    semun arg{};
+    arg.buf = &info;
+    if (::semctl(semid, 0, IPC_STAT, arg) == -1)
+        shmtut::throw_errno("semctl(semid=" + std::to_string(semid) + ", IPC_STAT)");
+    return info.sem_otime != 0;
 }
 
 /// How take_unit() ended.
@@ -114,10 +160,27 @@ inline Taken take_unit(int semid, unsigned short semaphore, unsigned short peer_
     }
 }
 
+/// Narrates a call made to clean up, with what really came back: `CALL = 0 (WHY)`, or
+/// `CALL = -1 (the error text)`. Cleanup goes on either way: it is the last thing a failing
+/// program does, and one object that could not be removed must not keep the others.
+inline void narrate_cleanup(const shmtut::Narrator& say, const std::string& call, int result, const char* why) {
+    if (result == 0)
+        say.say("%s = 0 (%s)", call.c_str(), why);
+    else
+        say.say("%s = -1 (%s)", call.c_str(), std::strerror(errno));
+}
+
 /// A key as `ipcs` and `ipcrm` show it.
 inline std::string key_text(key_t key) {
     char text[16];
     std::snprintf(text, sizeof text, "0x%08x", static_cast<unsigned>(key));
+    return text;
+}
+
+/// An address as narration prints it (`%p`): `0x7fbe796ab000`.
+inline std::string pointer_text(const void* address) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%p", address);
     return text;
 }
 

@@ -67,20 +67,55 @@ struct WriterObjects {
 };
 
 /// The writer died: it cannot remove its objects any more, so the reader does, and says so.
+/// It removes only what that writer made: the segment it finds by key only if the dead writer
+/// created it (`shm_cpid`), and the key file only if a writer made it (it holds the marker) and
+/// no new writer's set has taken the key meanwhile.
 [[noreturn]] void writer_died(WriterObjects& writer, const char* when, const Narrator& say) {
-    int writer_pid = ::semctl(writer.semid, sysv::kWriterAlive, GETPID);
+    int writer_pid = sysv::semaphore_pid(writer.semid, sysv::kWriterAlive); // it took the token, its exit gave it back
     say.say("the writer (pid %d) is gone: semaphore 0 'writer alive' is 0; removing what it left", writer_pid);
-    if (writer.shmid == -1)
-        writer.shmid = ::shmget(writer.key, 0, 0);
-    if (writer.shmid != -1 && ::shmctl(writer.shmid, IPC_RMID, nullptr) == 0)
-        say.say("shmctl(shmid=%d, IPC_RMID) = 0", writer.shmid);
-    if (::semctl(writer.semid, 0, IPC_RMID) == 0)
-        say.say("semctl(semid=%d, 0, IPC_RMID) = 0", writer.semid);
-    // Remove the key file only if a writer made it (it holds the marker), never a file of the user's.
-    if (sysv::is_writer_key_file(writer.key_file) && ::unlink(writer.key_file.c_str()) == 0)
-        say.say("unlink(\"%s\") = 0", writer.key_file.c_str());
+    if (writer.shmid == -1) {
+        int shmid = ::shmget(writer.key, 0, 0); // not found: already marked for removal, or never made
+        shmid_ds info{};
+        if (shmid != -1 && ::shmctl(shmid, IPC_STAT, &info) == 0 && info.shm_cpid == writer_pid)
+            writer.shmid = shmid;
+    }
+    if (writer.shmid != -1)
+        sysv::narrate_cleanup(say, "shmctl(shmid=" + std::to_string(writer.shmid) + ", IPC_RMID)",
+                              ::shmctl(writer.shmid, IPC_RMID, nullptr), "the dead writer's segment");
+    sysv::narrate_cleanup(say, "semctl(semid=" + std::to_string(writer.semid) + ", 0, IPC_RMID)",
+                          ::semctl(writer.semid, 0, IPC_RMID), "the dead writer's semaphore set");
+    if (sysv::is_writer_key_file(writer.key_file) && ::semget(writer.key, 0, 0) == -1 && errno == ENOENT)
+        sysv::narrate_cleanup(say, "unlink(\"" + writer.key_file + "\")", ::unlink(writer.key_file.c_str()),
+                              "the dead writer's key file");
     throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when +
                   "; removed the segment and the semaphore set it left");
+}
+
+/// "Writer alive" is 0 before this reader claimed anything: the writer died, or it finished
+/// and left its objects on purpose (`--keep`). A kept segment is still found by key (only a
+/// segment a reader claimed is marked for removal) and its header says the stream ended; then
+/// there is nothing to read and nothing to clean up: the objects are there to be looked at.
+[[noreturn]] void writer_not_running(WriterObjects& writer, const Narrator& say) {
+    int shmid = ::shmget(writer.key, 0, 0);
+    void* base = shmid == -1 ? reinterpret_cast<void*>(-1) : ::shmat(shmid, nullptr, SHM_RDONLY);
+    if (base != reinterpret_cast<void*>(-1)) {
+        shmid_ds info{};
+        bool ended = false;
+        if (::shmctl(shmid, IPC_STAT, &info) == 0 && info.shm_segsz >= kHeaderSize) {
+            HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
+            ended = header.magic == kHeaderMagic && header.end_of_stream == 1;
+        }
+        if (::shmdt(base) == -1)
+            throw_errno("shmdt(" + sysv::pointer_text(base) + ")");
+        if (ended) {
+            const std::string key_text = sysv::key_text(writer.key);
+            throw Failure("the stream under this key has already ended: its writer (pid " +
+                          std::to_string(sysv::semaphore_pid(writer.semid, sysv::kWriterAlive)) +
+                          ") finished and kept its objects (--keep), so there is nothing to read; look with "
+                          "'ipcs -m -s', remove them with 'ipcrm -M " + key_text + " -S " + key_text + "'");
+        }
+    }
+    writer_died(writer, "before the stream started", say);
 }
 
 /// Says once that the reader is waiting, the first time something is not there yet.
@@ -90,69 +125,89 @@ void narrate_waiting(bool& said, const Deadline& deadline, const Narrator& say) 
     said = true;
 }
 
-/// Finds the writer's key, semaphore set and segment, waiting (bounded) for each to appear.
+[[noreturn]] void another_reader(const WriterObjects& writer) {
+    throw Failure("another reader (pid " + std::to_string(sysv::semaphore_pid(writer.semid, sysv::kReaderAlive)) +
+                  ") has already claimed this writer's segment: one writer serves one reader");
+}
+
+/// Finds the writer's key, semaphore set and segment, in that order, waiting (bounded) for each
+/// to appear. The set comes before the segment: the writer creates it first, and while the
+/// reader waits for the segment the set tells it whether the writer still lives.
 WriterObjects find_writer(const Options& options, const Deadline& deadline, const Narrator& say) {
     WriterObjects writer;
     writer.key_file = options.name;
     bool said_waiting = false;
     std::string hint = std::string("nothing appeared within ") + seconds_text(deadline.seconds()) + ": " + kStartWriter;
 
-    // 1. The key: the writer creates the key file if it is missing, so wait for it.
-    while ((writer.key = ::ftok(options.name.c_str(), sysv::kProjectId)) == -1) {
+    // 1. The key: the writer creates the key file if it is missing, so wait for it. A symbolic
+    //    link at the path is refused, never followed (ftok would follow it).
+    const std::string make_key = "ftok(\"" + options.name + "\", 'S')";
+    for (;;) {
+        sysv::refuse_symbolic_link(options.name);
+        writer.key = ::ftok(options.name.c_str(), sysv::kProjectId);
+        if (writer.key != -1)
+            break;
         if (errno != ENOENT)
-            throw_errno("ftok(\"" + options.name + "\")");
+            throw_errno(make_key);
         if (deadline.expired())
-            throw_error(ENOENT, "ftok(\"" + options.name + "\")", hint);
+            throw_error(ENOENT, make_key, hint);
         narrate_waiting(said_waiting, deadline, say);
         pause_briefly();
         throw_if_stopped();
     }
-    say.say("ftok(\"%s\", '%c') = %s", options.name.c_str(), sysv::kProjectId, sysv::key_text(writer.key).c_str());
+    say.say("%s = %s", make_key.c_str(), sysv::key_text(writer.key).c_str());
+    const std::string key_text = sysv::key_text(writer.key);
 
     // 2. The semaphore set, initialised: semget() succeeds as soon as the writer created it,
     //    before SETALL; the writer's first semop() sets sem_otime, so sem_otime != 0 means ready.
+    //    A set another user created is refused (IPC_STAT tells its creator, cuid).
+    const std::string find_set = "semget(key=" + key_text + ", 0, 0)";
     for (;;) {
         writer.semid = ::semget(writer.key, 0, 0);
         if (writer.semid == -1 && errno != ENOENT)
-            throw_errno("semget(key=" + sysv::key_text(writer.key) + ", 0, 0)");
+            throw_errno(find_set, errno == EACCES ? "the objects under this key belong to another user" : "");
         if (writer.semid != -1) {
+            const std::string stat = "semctl(semid=" + std::to_string(writer.semid) + ", 0, IPC_STAT)";
             semid_ds info{};
             sysv::semun arg{};
             arg.buf = &info;
             if (::semctl(writer.semid, 0, IPC_STAT, arg) == -1)
-                throw_errno("semctl(semid=" + std::to_string(writer.semid) + ", IPC_STAT)");
+                throw_errno(stat);
+            if (info.sem_perm.cuid != ::geteuid())
+                throw Failure("semaphore set " + std::to_string(writer.semid) + " was created by uid " +
+                              std::to_string(info.sem_perm.cuid) + ", not by this user: refusing it");
             if (info.sem_otime != 0)
                 break;
         }
         if (deadline.expired())
-            throw_error(ENOENT, "semget(key=" + sysv::key_text(writer.key) + ")", hint);
+            throw_error(ENOENT, find_set, hint);
         narrate_waiting(said_waiting, deadline, say);
         pause_briefly();
         throw_if_stopped();
     }
-    say.say("semget(key=%s, 0, 0) = %d (initialised: sem_otime is set)", sysv::key_text(writer.key).c_str(),
-            writer.semid);
+    say.say("%s = %d (initialised: sem_otime is set)", find_set.c_str(), writer.semid);
 
-    // 3. The segment. While it is missing, the set says why: a dead writer, or a segment already
-    //    claimed (the writer marks it for removal once a reader attaches, which hides its key).
+    // 3. The segment. While it is missing, the set says why: a writer that is not running, or a
+    //    segment already claimed (the writer marks it for removal once a reader attaches, which
+    //    hides its key).
+    const std::string find_segment = "shmget(key=" + key_text + ", 0, 0)";
     for (;;) {
         if (sysv::semaphore_value(writer.semid, sysv::kWriterAlive) == 0)
-            writer_died(writer, "before the stream started", say);
+            writer_not_running(writer, say);
         if (sysv::semaphore_value(writer.semid, sysv::kReaderSlot) == 0)
-            throw Failure("another reader (pid " + std::to_string(::semctl(writer.semid, sysv::kReaderAlive, GETPID)) +
-                          ") has already claimed this writer's segment: one writer serves one reader");
+            another_reader(writer);
         writer.shmid = ::shmget(writer.key, 0, 0);
         if (writer.shmid != -1)
             break;
         if (errno != ENOENT)
-            throw_errno("shmget(key=" + sysv::key_text(writer.key) + ", 0, 0)");
+            throw_errno(find_segment);
         if (deadline.expired())
-            throw_error(ENOENT, "shmget(key=" + sysv::key_text(writer.key) + ")", hint);
+            throw_error(ENOENT, find_segment, hint);
         narrate_waiting(said_waiting, deadline, say);
         pause_briefly();
         throw_if_stopped();
     }
-    say.say("shmget(key=%s, 0, 0) = %d", sysv::key_text(writer.key).c_str(), writer.shmid);
+    say.say("%s = %d", find_segment.c_str(), writer.shmid);
     return writer;
 }
 
@@ -160,22 +215,23 @@ WriterObjects find_writer(const Options& options, const Deadline& deadline, cons
 /// which comes from the kernel (IPC_STAT), never from the header.
 ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadline, std::uint64_t& capacity,
                                   const Narrator& say) {
+    const std::string stat = "shmctl(shmid=" + std::to_string(writer.shmid) + ", IPC_STAT)";
     shmid_ds info{};
     if (::shmctl(writer.shmid, IPC_STAT, &info) == -1)
-        throw_errno("shmctl(shmid=" + std::to_string(writer.shmid) + ", IPC_STAT)");
-    say.say("shmctl(shmid=%d, IPC_STAT) = 0: size=%zu nattch=%lu cpid=%d mode=0%o", writer.shmid,
-            static_cast<std::size_t>(info.shm_segsz), static_cast<unsigned long>(info.shm_nattch), info.shm_cpid,
-            info.shm_perm.mode & 0777u);
+        throw_errno(stat);
+    say.say("%s = 0: size=%zu nattch=%lu cpid=%d mode=0%o", stat.c_str(), static_cast<std::size_t>(info.shm_segsz),
+            static_cast<unsigned long>(info.shm_nattch), info.shm_cpid, info.shm_perm.mode & 0777u);
     if (info.shm_perm.cuid != ::geteuid())
         throw Failure("segment " + std::to_string(writer.shmid) + " was created by uid " +
                       std::to_string(info.shm_perm.cuid) + ", not by this user: refusing it");
 
     // SHM_RDONLY: this reader never writes the segment, so it maps it without write access.
+    const std::string attach = "shmat(shmid=" + std::to_string(writer.shmid) + ", NULL, SHM_RDONLY)";
     void* base = ::shmat(writer.shmid, nullptr, SHM_RDONLY);
     if (base == reinterpret_cast<void*>(-1))
-        throw_errno("shmat(shmid=" + std::to_string(writer.shmid) + ", SHM_RDONLY)");
+        throw_errno(attach);
     ShmAttachment attachment(base);
-    say.say("shmat(shmid=%d, NULL, SHM_RDONLY) = %p", writer.shmid, base);
+    say.say("%s = %p", attach.c_str(), base);
 
     const auto& header = *static_cast<const SharedHeader*>(base);
     if (info.shm_segsz < kHeaderSize)
@@ -199,24 +255,26 @@ ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadlin
 /// Claims the segment and takes the "reader alive" token in one atomic semop(): both happen or
 /// neither does. IPC_NOWAIT: a slot already taken means another reader, not something to wait for.
 void claim(const WriterObjects& writer, const Narrator& say) {
+    const std::string call = "semop(semid=" + std::to_string(writer.semid) +
+                             ", {sem 1 'reader slot' -1, IPC_NOWAIT}, {sem 2 'reader alive' +1, SEM_UNDO})";
     sembuf ops[2] = {{sysv::kReaderSlot, -1, IPC_NOWAIT}, {sysv::kReaderAlive, +1, SEM_UNDO}};
     if (::semop(writer.semid, ops, 2) == -1) {
         if (errno == EAGAIN)
-            throw Failure("another reader (pid " + std::to_string(::semctl(writer.semid, sysv::kReaderAlive, GETPID)) +
-                          ") has already claimed this writer's segment: one writer serves one reader");
-        throw_errno("semop(semid=" + std::to_string(writer.semid) + ", claim)");
+            another_reader(writer);
+        throw_errno(call);
     }
-    say.say("semop(semid=%d, {sem 1 'reader slot' -1, IPC_NOWAIT}, {sem 2 'reader alive' +1, SEM_UNDO}) = 0: "
-            "claimed",
-            writer.semid);
+    say.say("%s = 0: claimed", call.c_str());
 }
 
-/// The hand-off: wait for "block ready", copy a local snapshot of the block header, validate it,
-/// write the bytes out, post "block free". The block after the last one is empty and marks the
-/// end; posting "block free" for it is the confirmation the writer waits for.
+/// The hand-off: wait for "block ready", copy a local snapshot of the block header, validate it
+/// against the capacity validated before (a local value: the writer may have rewritten the
+/// header since), write the bytes out, post "block free". The block after the last one is
+/// empty and marks the end; posting "block free" for it is the confirmation the writer waits for.
 void copy_stream(WriterObjects& writer, const ShmAttachment& segment, std::uint64_t capacity, const Narrator& say) {
     const auto& header = *static_cast<const SharedHeader*>(segment.get());
     const std::uint8_t* data = data_area(segment.get());
+    const std::string take_ready = "semtimedop(semid=" + std::to_string(writer.semid) + ", {sem 3 'block ready' -1})";
+    const std::string post_free = "semop(semid=" + std::to_string(writer.semid) + ", {sem 4 'block free' +1})";
     std::uint64_t total = 0;
     for (std::uint64_t expected = 1;; ++expected) {
         if (sysv::take_unit(writer.semid, sysv::kBlockReady, sysv::kWriterAlive, nullptr) != sysv::Taken::kYes)
@@ -227,16 +285,14 @@ void copy_stream(WriterObjects& writer, const ShmAttachment& segment, std::uint6
         total += block.block_length;
         sembuf block_free{sysv::kBlockFree, +1, 0};
         if (::semop(writer.semid, &block_free, 1) == -1)
-            throw_errno("semop(semid=" + std::to_string(writer.semid) + ", {sem 4 'block free' +1})");
+            throw_errno(post_free);
         if (expected == 1)
-            say.say("semtimedop(semid=%d, {sem 3 'block ready' -1}) = 0: block 1, %llu bytes (further blocks "
-                    "quietly)",
-                    writer.semid, static_cast<unsigned long long>(block.block_length));
+            say.say("%s = 0: block 1, %llu bytes (further blocks quietly)", take_ready.c_str(),
+                    static_cast<unsigned long long>(block.block_length));
         if (block.end_of_stream != 0) {
-            say.say("end of stream: %llu bytes in %llu block(s); confirmed with semop(semid=%d, {sem 4 'block free' "
-                    "+1})",
+            say.say("end of stream: %llu bytes in %llu block(s); confirmed with %s = 0",
                     static_cast<unsigned long long>(total), static_cast<unsigned long long>(expected - 1),
-                    writer.semid);
+                    post_free.c_str());
             return;
         }
     }
@@ -256,9 +312,10 @@ int run(const Options& options) {
     // Detach. The writer marked the segment for removal when we claimed it, so this detach (or
     // the writer's, whichever is last) frees the memory. The semaphores are the writer's to remove.
     void* base = segment.release();
+    const std::string detach = "shmdt(" + sysv::pointer_text(base) + ")";
     if (::shmdt(base) == -1)
-        throw_errno("shmdt");
-    say.say("shmdt(%p) = 0", base);
+        throw_errno(detach);
+    say.say("%s = 0", detach.c_str());
     return kExitSuccess;
 }
 

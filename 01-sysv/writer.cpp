@@ -55,140 +55,196 @@ Options:
   --keep             leave the segment, the semaphore set and the key file in place at
                      the end, to look at them with ipcs; remove them with the ipcrm
                      command printed then
-  --force            replace a segment or semaphore set left under the same key by an
-                     earlier run
+  --force            replace a segment or semaphore set that an earlier run left under
+                     the same key (it crashed, or used --keep); never a running writer's
   --quiet            no narration on standard error
   --help             show this help
 
 Exit status: 0 the reader confirmed the whole stream; 1 a runtime failure; 2 a usage error.
 )";
 
-/// Everything this writer created, so that it is removed on every path. The story below
+/// The objects this writer owns, so that they are removed on every path. The story below
 /// removes each object at the moment the lesson needs and clears its field; the destructor is
 /// the safety net on error paths (a failure, Ctrl-C) and removes whatever is still recorded.
-struct Created {
-    explicit Created(const Narrator& narrator) : say(narrator) {}
-    Created(const Created&) = delete;
-    Created& operator=(const Created&) = delete;
+struct OwnedObjects {
+    explicit OwnedObjects(const Narrator& narrator) : say(narrator) {}
+    OwnedObjects(const OwnedObjects&) = delete;
+    OwnedObjects& operator=(const OwnedObjects&) = delete;
 
     const Narrator& say;
     bool keep = false;
-    std::string key_file; ///< non-empty if this writer created the key file
+    std::string key_file; ///< non-empty once the key file is ours to remove
     int semid = -1;       ///< the semaphore set, until removed
     int shmid = -1;       ///< the segment, until marked for removal
 
-    ~Created() {
+    ~OwnedObjects() {
         if (keep)
             return;
-        if (shmid != -1 && ::shmctl(shmid, IPC_RMID, nullptr) == 0)
-            say.say("shmctl(shmid=%d, IPC_RMID) = 0 (cleaning up)", shmid);
-        if (semid != -1 && ::semctl(semid, 0, IPC_RMID) == 0)
-            say.say("semctl(semid=%d, 0, IPC_RMID) = 0 (cleaning up)", semid);
-        if (!key_file.empty() && ::unlink(key_file.c_str()) == 0)
-            say.say("unlink(\"%s\") = 0 (cleaning up)", key_file.c_str());
+        if (shmid != -1)
+            sysv::narrate_cleanup(say, "shmctl(shmid=" + std::to_string(shmid) + ", IPC_RMID)",
+                                  ::shmctl(shmid, IPC_RMID, nullptr), "cleaning up");
+        if (semid != -1)
+            sysv::narrate_cleanup(say, "semctl(semid=" + std::to_string(semid) + ", 0, IPC_RMID)",
+                                  ::semctl(semid, 0, IPC_RMID), "cleaning up");
+        if (!key_file.empty())
+            sysv::narrate_cleanup(say, "unlink(\"" + key_file + "\")", ::unlink(key_file.c_str()), "cleaning up");
     }
 };
 
 /// ftok(3) needs an existing file: it builds the key from the file's inode and device numbers
 /// and the project id, so every process naming the same file gets the same key. A key file this
-/// writer creates is removed at the end (see also adopt_stale_key_file()).
-key_t make_key(const Options& options, Created& created, const Narrator& say) {
+/// writer creates is removed at the end (see also adopt_stale_key_file()). `O_EXCL` never
+/// follows a symbolic link and `O_NOFOLLOW` says so; an existing path is checked with `lstat`
+/// before `ftok`, which would follow one.
+key_t make_key(const Options& options, OwnedObjects& owned, const Narrator& say) {
     const std::string& path = options.name;
+    const std::string create = "open(\"" + path + "\", O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, 0600)";
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd != -1) {
-        created.key_file = path;
+        owned.key_file = path;
+        say.say("%s = %d: created the key file", create.c_str(), fd);
         ssize_t written = ::write(fd, sysv::kKeyFileMarker.data(), sysv::kKeyFileMarker.size());
-        int saved_errno = errno;
-        ::close(fd);
+        int write_errno = errno;
+        int closed = ::close(fd);
         if (written == -1)
-            throw_error(saved_errno, "write(\"" + path + "\")");
+            throw_error(write_errno, "write(\"" + path + "\")");
         if (written != static_cast<ssize_t>(sysv::kKeyFileMarker.size()))
             throw Failure("write(\"" + path + "\"): short write to the key file");
-        say.say("open(\"%s\", O_CREAT|O_EXCL, 0600) = created the key file", path.c_str());
-    } else if (errno != EEXIST) {
-        throw_errno("open(\"" + path + "\", O_CREAT|O_EXCL)", "--name must be a path this user can create or read");
+        if (closed == -1)
+            throw_errno("close(\"" + path + "\")");
+    } else if (errno == EEXIST) {
+        sysv::refuse_symbolic_link(path);
+    } else {
+        throw_errno(create, "--name must be a path this user can create or read");
     }
+    const std::string call = "ftok(\"" + path + "\", 'S')";
     key_t key = ::ftok(path.c_str(), sysv::kProjectId);
     if (key == -1)
-        throw_errno("ftok(\"" + path + "\")");
-    say.say("ftok(\"%s\", '%c') = %s", path.c_str(), sysv::kProjectId, sysv::key_text(key).c_str());
+        throw_errno(call);
+    say.say("%s = %s", call.c_str(), sysv::key_text(key).c_str());
     return key;
 }
 
-/// An object under our key already exists: left by a crashed run, or in use by a running writer.
-/// With --force it is removed; otherwise the user is told how to remove it.
-void handle_existing(const std::string& call, key_t key, bool force, const Narrator& say) {
-    std::string key_text = sysv::key_text(key);
-    if (!force)
-        throw_error(EEXIST, call,
-                    "objects from an earlier run use this key; if no writer is running, remove them with "
-                    "'ipcrm -M " + key_text + " -S " + key_text + "' (it reports any that is already gone), "
-                    "or start the writer with --force");
-    if (int semid = ::semget(key, 0, 0); semid != -1 && ::semctl(semid, 0, IPC_RMID) == 0)
-        say.say("--force: semctl(semid=%d, 0, IPC_RMID) = 0: removed the old semaphore set", semid);
-    if (int shmid = ::shmget(key, 0, 0); shmid != -1 && ::shmctl(shmid, IPC_RMID, nullptr) == 0)
-        say.say("--force: shmctl(shmid=%d, IPC_RMID) = 0: removed the old segment", shmid);
+/// True while the writer that owns the set `semid` is running: it holds "writer alive", a
+/// `SEM_UNDO` token the kernel takes back when that writer exits, however it exits. A set whose
+/// `sem_otime` is still 0 belongs to a writer between its `semget` and its first `semop`
+/// (microseconds), or to one that died there: give it a moment before calling it dead.
+bool owner_alive(int semid) {
+    Deadline settle(2.0);
+    while (!sysv::set_initialised(semid) && !settle.expired()) {
+        pause_briefly();
+        throw_if_stopped();
+    }
+    return sysv::semaphore_value(semid, sysv::kWriterAlive) != 0;
 }
 
-/// The semaphores exist and are initialised before the segment does: a reader looks for the
-/// segment first, so whenever it finds one, the set beside it is ready. (SETALL alone would not
-/// tell a reader that found only the set whether it is initialised; the semop below also sets
-/// the set's sem_otime, which the reader checks.)
-int create_semaphores(key_t key, bool force, Created& created, const Narrator& say) {
+/// Our `semget(IPC_CREAT|IPC_EXCL)` found a set under our key. Whose is it? A running writer's
+/// is refused, even with --force: --force replaces only what a run that is no longer running
+/// left (crashed, or kept with --keep). Otherwise the user is told the ipcrm command, or, with
+/// --force, the old segment and then the old set are removed: the segment first, while the old
+/// set still holds the key, so that no new writer can have put a segment there meanwhile.
+void replace_stale_objects(const std::string& create_call, key_t key, bool force, const Narrator& say) {
+    const std::string key_text = sysv::key_text(key);
+    const std::string lookup = "semget(key=" + key_text + ", 0, 0)";
+    int old_semid = ::semget(key, 0, 0);
+    if (old_semid == -1) {
+        if (errno == ENOENT)
+            return; // removed meanwhile: the caller tries again
+        throw_errno(lookup, errno == EACCES ? "another user's semaphore set uses this key: give --name another path" : "");
+    }
+    if (owner_alive(old_semid))
+        throw_error(EEXIST, create_call,
+                    "a writer is running there (pid " + std::to_string(sysv::semaphore_pid(old_semid, sysv::kWriterAlive)) +
+                        " holds semaphore 0 'writer alive' of set " + std::to_string(old_semid) +
+                        "): start a reader for it, or give this writer another --name; --force replaces only "
+                        "what a writer that is no longer running left");
+    if (!force)
+        throw_error(EEXIST, create_call,
+                    "objects that an earlier run left (it crashed, or kept them with --keep) use this key; "
+                    "no writer is running there: remove them with 'ipcrm -M " + key_text + " -S " + key_text +
+                        "' (it reports any that is already gone), or start the writer with --force");
+    if (int old_shmid = ::shmget(key, 0, 0); old_shmid != -1)
+        sysv::narrate_cleanup(say, "--force: shmctl(shmid=" + std::to_string(old_shmid) + ", IPC_RMID)",
+                              ::shmctl(old_shmid, IPC_RMID, nullptr), "removed the old segment");
+    sysv::narrate_cleanup(say, "--force: semctl(semid=" + std::to_string(old_semid) + ", 0, IPC_RMID)",
+                          ::semctl(old_semid, 0, IPC_RMID), "removed the old semaphore set");
+}
+
+/// The semaphores exist and are initialised before the segment does. A reader looks them up
+/// first (`semget`, then `sem_otime != 0` says initialised) and only then looks for the
+/// segment, so it can tell a dead writer from a slow one while it waits; and a segment found
+/// without a set beside it is always stale (see create_segment()).
+int create_semaphores(key_t key, bool force, OwnedObjects& owned, const Narrator& say) {
+    const std::string call = "semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)";
     int semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     if (semid == -1 && errno == EEXIST) {
-        handle_existing("semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)", key, force, say);
+        replace_stale_objects(call, key, force, say);
         semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (semid == -1)
-        throw_errno("semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)");
-    created.semid = semid;
-    say.say("semget(key=%s, nsems=5, IPC_CREAT|IPC_EXCL|0600) = %d", sysv::key_text(key).c_str(), semid);
+        throw_errno(call);
+    owned.semid = semid;
+    say.say("%s = %d", call.c_str(), semid);
 
     unsigned short initial[sysv::kSemaphoreCount] = {};
     initial[sysv::kReaderSlot] = 1; // one reader may claim the segment
     initial[sysv::kBlockFree] = 1;  // the data area starts empty
     sysv::semun arg{};
     arg.array = initial;
+    const std::string set_all =
+        "semctl(semid=" + std::to_string(semid) + ", SETALL, {alive=0, slot=1, reader=0, ready=0, free=1})";
     if (::semctl(semid, 0, SETALL, arg) == -1)
-        throw_errno("semctl(semid=" + std::to_string(semid) + ", SETALL)");
-    say.say("semctl(semid=%d, SETALL, {alive=0, slot=1, reader=0, ready=0, free=1}) = 0", semid);
+        throw_errno(set_all);
+    say.say("%s = 0", set_all.c_str());
 
     // SEM_UNDO: if this process dies, even by SIGKILL, the kernel takes the token back, and a
     // reader waiting on us sees kWriterAlive drop to 0.
+    const std::string take_token = "semop(semid=" + std::to_string(semid) + ", {sem 0 'writer alive' +1, SEM_UNDO})";
     sembuf alive{sysv::kWriterAlive, +1, SEM_UNDO};
     if (::semop(semid, &alive, 1) == -1)
-        throw_errno("semop(semid=" + std::to_string(semid) + ", writer alive +1, SEM_UNDO)");
-    say.say("semop(semid=%d, {sem 0 'writer alive' +1, SEM_UNDO}) = 0", semid);
+        throw_errno(take_token);
+    say.say("%s = 0", take_token.c_str());
     return semid;
 }
 
 /// A key file a crashed writer left (it holds the marker) becomes ours to remove, but only once
 /// our objects live under its key: a writer that fails because old objects still use the key
-/// must leave the file, or the key of those objects could not be found again.
-void adopt_stale_key_file(const Options& options, Created& created) {
-    if (created.key_file.empty() && sysv::is_writer_key_file(options.name))
-        created.key_file = options.name;
+/// (or because a writer is running there) must leave the file, or the key of those objects
+/// could not be found again.
+void adopt_stale_key_file(const Options& options, OwnedObjects& owned) {
+    if (owned.key_file.empty() && sysv::is_writer_key_file(options.name))
+        owned.key_file = options.name;
 }
 
 /// Creates the segment the reader looks for, attaches it and publishes an empty header.
-ShmAttachment create_segment(key_t key, bool force, Created& created, const Narrator& say) {
+/// A segment already under our key has no set beside it (we created the set exclusively, and a
+/// writer always creates its set first), so no running writer owns it: it is stale.
+ShmAttachment create_segment(key_t key, bool force, OwnedObjects& owned, const Narrator& say) {
     const std::size_t size = kHeaderSize + kDefaultDataCapacity;
+    const std::string key_text = sysv::key_text(key);
+    const std::string call = "shmget(key=" + key_text + ", size=" + std::to_string(size) + ", IPC_CREAT|IPC_EXCL|0600)";
     int shmid = ::shmget(key, size, IPC_CREAT | IPC_EXCL | 0600);
-    if (shmid == -1 && errno == EEXIST) { // a stale segment without a set
-        handle_existing("shmget(key=" + sysv::key_text(key) + ", IPC_CREAT|IPC_EXCL|0600)", key, force, say);
+    if (shmid == -1 && errno == EEXIST) {
+        if (!force)
+            throw_error(EEXIST, call,
+                        "a segment that an earlier run left uses this key (no writer is running there); remove it "
+                        "with 'ipcrm -M " + key_text + "', or start the writer with --force");
+        if (int old_shmid = ::shmget(key, 0, 0); old_shmid != -1)
+            sysv::narrate_cleanup(say, "--force: shmctl(shmid=" + std::to_string(old_shmid) + ", IPC_RMID)",
+                                  ::shmctl(old_shmid, IPC_RMID, nullptr), "removed the old segment");
         shmid = ::shmget(key, size, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (shmid == -1)
-        throw_errno("shmget(key=" + sysv::key_text(key) + ", size=" + std::to_string(size) + ", IPC_CREAT|IPC_EXCL|0600)");
-    created.shmid = shmid;
-    say.say("shmget(key=%s, size=%zu, IPC_CREAT|IPC_EXCL|0600) = %d", sysv::key_text(key).c_str(), size, shmid);
+        throw_errno(call);
+    owned.shmid = shmid;
+    say.say("%s = %d", call.c_str(), shmid);
 
+    const std::string attach = "shmat(shmid=" + std::to_string(shmid) + ", NULL, 0)";
     void* base = ::shmat(shmid, nullptr, 0);
     if (base == reinterpret_cast<void*>(-1))
-        throw_errno("shmat(shmid=" + std::to_string(shmid) + ")");
+        throw_errno(attach);
     ShmAttachment attachment(base);
-    say.say("shmat(shmid=%d, NULL, 0) = %p", shmid, base);
+    say.say("%s = %p", attach.c_str(), base);
 
     // A new segment is zero-filled, so the header reads "not ready" until publish_header()
     // stores the magic, last, with release ordering.
@@ -205,6 +261,7 @@ void wait_for_reader(int semid, const Options& options, const Narrator& say) {
     say.say("waiting up to %g s for a reader: start build/01-sysv/reader%s%s", options.timeout_seconds,
             options.name == sysv::kDefaultKeyPath ? "" : " --name ",
             options.name == sysv::kDefaultKeyPath ? "" : options.name.c_str());
+    const std::string call = "semtimedop(semid=" + std::to_string(semid) + ", {sem 1 'reader slot' wait for 0})";
     Deadline deadline(options.timeout_seconds);
     for (;;) {
         throw_if_stopped();
@@ -216,27 +273,29 @@ void wait_for_reader(int semid, const Options& options, const Narrator& say) {
             throw Failure("no reader claimed the segment within " + seconds_text(options.timeout_seconds) +
                           ": start the reader while the writer waits, or give the writer a longer --timeout");
         if (errno != EAGAIN && errno != EINTR)
-            throw_errno("semtimedop(semid=" + std::to_string(semid) + ", {sem 1 'reader slot' wait for 0})");
+            throw_errno(call);
     }
-    int reader_pid = ::semctl(semid, sysv::kReaderAlive, GETPID); // the last process to operate on it
-    say.say("semtimedop(semid=%d, {sem 1 'reader slot' wait for 0}) = 0: reader pid %d claimed the segment", semid,
-            reader_pid);
+    // GETPID on "reader alive": the last process to operate on it, the reader that claimed.
+    say.say("%s = 0: reader pid %d claimed the segment", call.c_str(), sysv::semaphore_pid(semid, sysv::kReaderAlive));
 }
 
 /// IPC_STAT shows what the kernel knows; IPC_RMID now, while both processes are attached, only
-/// *marks* the segment: its key becomes IPC_PRIVATE (no one else can find it), and the kernel frees
-/// it when the last process detaches, even if both of us crash from here on.
-void mark_segment_for_removal(Created& created, const Narrator& say) {
+/// *marks* the segment: its key becomes IPC_PRIVATE (no one can find it by key any more; Linux
+/// still lets a process that knows the id attach it), and the kernel frees it when the last
+/// process detaches, even if both of us crash from here on.
+void mark_segment_for_removal(OwnedObjects& owned, const Narrator& say) {
+    const std::string stat = "shmctl(shmid=" + std::to_string(owned.shmid) + ", IPC_STAT)";
     shmid_ds info{};
-    if (::shmctl(created.shmid, IPC_STAT, &info) == -1)
-        throw_errno("shmctl(shmid=" + std::to_string(created.shmid) + ", IPC_STAT)");
-    say.say("shmctl(shmid=%d, IPC_STAT) = 0: size=%zu nattch=%lu cpid=%d lpid=%d mode=0%o", created.shmid,
+    if (::shmctl(owned.shmid, IPC_STAT, &info) == -1)
+        throw_errno(stat);
+    say.say("%s = 0: size=%zu nattch=%lu cpid=%d lpid=%d mode=0%o", stat.c_str(),
             static_cast<std::size_t>(info.shm_segsz), static_cast<unsigned long>(info.shm_nattch), info.shm_cpid,
             info.shm_lpid, info.shm_perm.mode & 0777u);
-    if (::shmctl(created.shmid, IPC_RMID, nullptr) == -1)
-        throw_errno("shmctl(shmid=" + std::to_string(created.shmid) + ", IPC_RMID)");
-    say.say("shmctl(shmid=%d, IPC_RMID) = 0: marked for removal; freed when both have detached", created.shmid);
-    created.shmid = -1;
+    const std::string remove = "shmctl(shmid=" + std::to_string(owned.shmid) + ", IPC_RMID)";
+    if (::shmctl(owned.shmid, IPC_RMID, nullptr) == -1)
+        throw_errno(remove);
+    say.say("%s = 0: marked for removal; freed when both have detached", remove.c_str());
+    owned.shmid = -1;
 }
 
 [[noreturn]] void reader_gone() {
@@ -244,10 +303,19 @@ void mark_segment_for_removal(Created& created, const Narrator& say) {
                   "kernel); cleaned up");
 }
 
+/// Posts "block ready" (`semop`, no SEM_UNDO: see protocol.hpp).
+void post_block_ready(int semid, const std::string& call) {
+    sembuf ready{sysv::kBlockReady, +1, 0};
+    if (::semop(semid, &ready, 1) == -1)
+        throw_errno(call);
+}
+
 /// The hand-off: wait until the data area is free, fill it, publish the block, post "ready".
-/// While the reader lives the writer may wait as long as it needs (the reader may be slow).
+/// While the reader lives the writer may wait as long as it needs (the reader may be slow, the
+/// input may pause: Input::next() looks at "reader alive" every second while it waits).
 /// Returns the last block's number, still holding the "block free" unit it took last.
 std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t* data, const Narrator& say) {
+    const std::string post_ready = "semop(semid=" + std::to_string(semid) + ", {sem 3 'block ready' +1})";
     std::uint64_t sequence = 0;
     std::uint64_t total = 0;
     for (;;) {
@@ -260,14 +328,11 @@ std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t
             break; // end of input; the data area is ours, for the end-of-stream block
 
         publish_block(header, length, ++sequence, false);
-        sembuf ready{sysv::kBlockReady, +1, 0};
-        if (::semop(semid, &ready, 1) == -1)
-            throw_errno("semop(semid=" + std::to_string(semid) + ", {sem 3 'block ready' +1})");
+        post_block_ready(semid, post_ready);
         total += length;
         if (sequence == 1)
-            say.say("semop(semid=%d, {sem 3 'block ready' +1}) = 0: block 1, %zu bytes (each further block "
-                    "goes the same way, quietly)",
-                    semid, length);
+            say.say("%s = 0: block 1, %zu bytes (each further block goes the same way, quietly)", post_ready.c_str(),
+                    length);
     }
     say.say("%llu bytes sent in %llu block(s)", static_cast<unsigned long long>(total),
             static_cast<unsigned long long>(sequence));
@@ -278,9 +343,7 @@ std::uint64_t stream(Input& input, int semid, SharedHeader& header, std::uint8_t
 /// confirmation: its last "block free" post, after it has written every byte.
 void finish(int semid, SharedHeader& header, std::uint64_t sequence, const Options& options, const Narrator& say) {
     publish_block(header, 0, sequence + 1, true);
-    sembuf ready{sysv::kBlockReady, +1, 0};
-    if (::semop(semid, &ready, 1) == -1)
-        throw_errno("semop(semid=" + std::to_string(semid) + ", {sem 3 'block ready' +1})");
+    post_block_ready(semid, "semop(semid=" + std::to_string(semid) + ", {sem 3 'block ready' +1})");
     say.say("end of stream sent (block %llu, empty); waiting up to %g s for the reader to confirm",
             static_cast<unsigned long long>(sequence + 1), options.timeout_seconds);
     Deadline deadline(options.timeout_seconds);
@@ -298,18 +361,18 @@ void finish(int semid, SharedHeader& header, std::uint64_t sequence, const Optio
 int run(const Options& options) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
-    Created created(say);
+    OwnedObjects owned(say);
 
-    key_t key = make_key(options, created, say);
-    int semid = create_semaphores(key, options.force, created, say);
-    ShmAttachment segment = create_segment(key, options.force, created, say);
-    adopt_stale_key_file(options, created);
+    key_t key = make_key(options, owned, say);
+    int semid = create_semaphores(key, options.force, owned, say);
+    ShmAttachment segment = create_segment(key, options.force, owned, say);
+    adopt_stale_key_file(options, owned);
     auto& header = *static_cast<SharedHeader*>(segment.get());
     Input input(options.operands);
 
     wait_for_reader(semid, options, say);
     if (!options.keep)
-        mark_segment_for_removal(created, say);
+        mark_segment_for_removal(owned, say);
     if (input.from_stdin() && ::isatty(STDIN_FILENO))
         say.say("type lines to send; Ctrl-D ends the stream");
 
@@ -318,29 +381,32 @@ int run(const Options& options) {
 
     // Detaching is not removing: with the segment already marked, this last detach frees it.
     void* base = segment.release();
+    const std::string detach = "shmdt(" + sysv::pointer_text(base) + ")";
     if (::shmdt(base) == -1)
-        throw_errno("shmdt");
-    say.say("shmdt(%p) = 0", base);
+        throw_errno(detach);
+    say.say("%s = 0", detach.c_str());
     if (options.keep) {
-        created.keep = true;
+        owned.keep = true;
         std::string key_text = sysv::key_text(key);
         std::string remove = "ipcrm -M " + key_text + " -S " + key_text;
-        if (!created.key_file.empty())
-            remove += "; rm " + created.key_file;
+        if (!owned.key_file.empty())
+            remove += "; rm " + owned.key_file;
         say.say("--keep: left in place; look with 'ipcs -m -s', remove with '%s'", remove.c_str());
         return kExitSuccess;
     }
     // The semaphores go now: unlike a segment, a semaphore set is removed at once, and a process
     // still waiting on it wakes with EIDRM. The reader has confirmed, so it waits no more.
+    const std::string remove_set = "semctl(semid=" + std::to_string(semid) + ", 0, IPC_RMID)";
     if (::semctl(semid, 0, IPC_RMID) == -1)
-        throw_errno("semctl(semid=" + std::to_string(semid) + ", IPC_RMID)");
-    say.say("semctl(semid=%d, 0, IPC_RMID) = 0", semid);
-    created.semid = -1;
-    if (!created.key_file.empty()) {
-        if (::unlink(created.key_file.c_str()) == -1)
-            throw_errno("unlink(\"" + created.key_file + "\")");
-        say.say("unlink(\"%s\") = 0", created.key_file.c_str());
-        created.key_file.clear();
+        throw_errno(remove_set);
+    say.say("%s = 0", remove_set.c_str());
+    owned.semid = -1;
+    if (!owned.key_file.empty()) {
+        const std::string unlink_key = "unlink(\"" + owned.key_file + "\")";
+        if (::unlink(owned.key_file.c_str()) == -1)
+            throw_errno(unlink_key);
+        say.say("%s = 0", unlink_key.c_str());
+        owned.key_file.clear();
     }
     return kExitSuccess;
 }
