@@ -336,7 +336,7 @@ int run(const Options& options, const posix::Target& target) {
 
     if ((validated.flags & posix::kKeptFlag) != 0)
         throw Failure(target.path + " holds a stream that is over: its writer finished and kept the object "
-                      "(--keep); no writer is running there. Remove it with '" + target.removal_command() +
+                      "(--keep); no writer is running there; remove it with '" + target.removal_command() +
                       "', then start a writer");
     // Is the writer alive? Not its pid (a number it wrote, which a dead writer's successor can
     // hold, and which means nothing in another pid namespace): its lock byte, which the kernel

@@ -161,9 +161,10 @@ UniqueFd create_object(const posix::Target& target, bool force, NameOwner& name,
                                          target.removal_command() + "', or start the writer with --force");
         const std::string unlink_call = std::string(target.unlink_call()) + "(\"" + target.path + "\")";
         int removed = target.is_file ? ::unlink(target.path.c_str()) : ::shm_unlink(target.path.c_str());
-        if (removed == -1)
+        if (removed == -1 && errno != ENOENT) // ENOENT: someone removed it first, which is as good
             throw_errno(unlink_call);
-        say.say("--force: %s = 0: removed the old object", unlink_call.c_str());
+        if (removed == 0)
+            say.say("--force: %s = 0: removed the old object", unlink_call.c_str());
         fd = create();
     }
     if (fd == -1)
