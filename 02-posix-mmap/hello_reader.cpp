@@ -9,14 +9,18 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/// What the object holds, copied from hello_writer.cpp: nothing checks that the two agree.
+namespace { // names for this file only
+
+// What the object holds, copied from hello_writer.cpp: nothing checks that the two agree.
 struct Shared {
-    sem_t ready;       ///< posted by the writer: the message is in place
-    sem_t done;        ///< posted by the reader: it has copied the message
-    char message[64];  ///< the text; not trusted to end in a NUL
+    sem_t ready;       // posted by the writer: the message is in place
+    sem_t done;        // posted by the reader: it has copied the message
+    char message[64];  // the text; not trusted to end in a NUL
 };
 
-[[noreturn]] static void die(const char* call) { std::perror(call); std::exit(1); }
+[[noreturn]] void die(const char* call) { std::perror(call); std::exit(1); }
+
+} // namespace
 
 int main() {
     int fd = shm_open("/hello-02", O_RDWR, 0); // no O_CREAT: find, never create

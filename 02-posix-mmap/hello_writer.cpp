@@ -10,15 +10,19 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/// What the object holds; hello_reader.cpp has a copy. Step 2 adds a magic, a version, sizes.
+namespace { // names for this file only
+
+// What the object holds; hello_reader.cpp has a copy. Step 2 adds a magic, a version, sizes.
 struct Shared {
-    sem_t ready;       ///< posted by the writer: the message is in place
-    sem_t done;        ///< posted by the reader: it has copied the message
-    char message[64];  ///< the text
+    sem_t ready;       // posted by the writer: the message is in place
+    sem_t done;        // posted by the reader: it has copied the message
+    char message[64];  // the text
 };
 
 // Exits without shm_unlink: a failure after shm_open leaves the name (step 2 cleans up on every path).
-[[noreturn]] static void die(const char* call) { std::perror(call); std::exit(1); }
+[[noreturn]] void die(const char* call) { std::perror(call); std::exit(1); }
+
+} // namespace
 
 int main() {
     int fd = shm_open("/hello-02", O_RDWR | O_CREAT | O_EXCL, 0600); // EEXIST if a dead run left it
