@@ -126,7 +126,7 @@ inline void check_shm_name(const std::string& name) {
 
 /// What the pair shares: a tmpfs object by `shm_open` name, or (with `--file`) a regular file
 /// by path, to compare the two. The programs make the calls themselves; this only names them.
-struct Target {
+struct ObjectLocation {
     bool is_file = false; ///< true with --file
     std::string path; ///< the shm_open name ("/NAME") or the file's path
 
@@ -144,7 +144,7 @@ struct Target {
 };
 
 /// The `--file PATH` option, which makes `target` a regular file.
-inline shmtut::ExtraOption file_option(Target& target) {
+inline shmtut::ExtraOption file_option(ObjectLocation& target) {
     return {"--file", true, [&target](const std::string& path) {
                 if (path.empty())
                     throw shmtut::UsageError("--file needs a path");
@@ -154,7 +154,7 @@ inline shmtut::ExtraOption file_option(Target& target) {
 }
 
 /// Completes `target` from the parsed options: `--name` unless `--file` was given, checked.
-inline void resolve_target(Target& target, const shmtut::Options& options) {
+inline void resolve_target(ObjectLocation& target, const shmtut::Options& options) {
     if (target.is_file && options.name != kDefaultName)
         throw shmtut::UsageError("--name and --file do not go together: one names a tmpfs object, the other a file");
     if (!target.is_file) {

@@ -141,7 +141,7 @@ struct OpenedObject {
 
 /// Opens the object, waiting (bounded) for it to appear and to be sized. Size 0 means the writer
 /// has created it but not yet called ftruncate: not ready, keep waiting.
-OpenedObject open_object(const posix::Target& target, const Deadline& deadline, const Narrator& say) {
+OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& deadline, const Narrator& say) {
     bool said_waiting = false;
     auto wait_a_little = [&] {
         if (!said_waiting)
@@ -199,7 +199,7 @@ OpenedObject open_object(const posix::Target& target, const Deadline& deadline, 
 /// The writer died: it cannot remove its name any more, so the reader does, if the name still
 /// names the object this reader opened (same device and inode: a new writer may have created a
 /// new object under the name since).
-[[noreturn]] void writer_died(const posix::Target& target, const OpenedObject& object, const char* when,
+[[noreturn]] void writer_died(const posix::ObjectLocation& target, const OpenedObject& object, const char* when,
                               const Narrator& say) {
     say.say("the writer is gone: its lock on byte %lld of the object is released",
             static_cast<long long>(posix::kWriterLockByte));
@@ -275,11 +275,12 @@ void lock_and_claim(posix::HandOff& hand_off, int fd, const Narrator& say) {
     if (!claimed)
         throw Failure("another reader (pid " + std::to_string(expected) +
                       ", as it says) has already claimed this object: one writer serves one reader");
+    const char* const post_call = "sem_post(claimed)";
     int posted = ::sem_post(&hand_off.claimed);
     throw_if_shrunk();
     if (posted == -1)
-        throw_errno("sem_post(claimed)");
-    say.say("reader_pid: compare-and-swap 0 -> %u, sem_post(claimed) = 0: claimed", self);
+        throw_errno(post_call);
+    say.say("reader_pid: compare-and-swap 0 -> %u, %s = 0: claimed", self, post_call);
 }
 
 /// The hand-off: wait for "block ready", copy the block header once, validate the copy, copy
@@ -287,10 +288,11 @@ void lock_and_claim(posix::HandOff& hand_off, int fd, const Narrator& say) {
 /// written out), post "block free". Posting "block free" after the empty end-of-stream block is
 /// the confirmation the writer waits for.
 void copy_stream(SharedHeader& header, std::uint64_t capacity, const posix::PeerLock& writer,
-                 const posix::Target& target, const OpenedObject& object, const Narrator& say) {
+                 const posix::ObjectLocation& target, const OpenedObject& object, const Narrator& say) {
     posix::HandOff& hand_off = posix::hand_off_in(header);
     const std::uint8_t* data = data_area(&header);
     std::vector<std::uint8_t> piece(std::min<std::uint64_t>(capacity, 64 * 1024));
+    const char* const post_call = "sem_post(block_free)";
     std::uint64_t total = 0;
     for (std::uint64_t expected = 1;; ++expected) {
         if (posix::wait_post(&hand_off.block_ready, &writer, nullptr, "block_ready", throw_if_shrunk) !=
@@ -310,19 +312,19 @@ void copy_stream(SharedHeader& header, std::uint64_t capacity, const posix::Peer
         int posted = ::sem_post(&hand_off.block_free);
         throw_if_shrunk();
         if (posted == -1)
-            throw_errno("sem_post(block_free)");
+            throw_errno(post_call);
         if (expected == 1)
             say.say("sem_clockwait(block_ready) = 0: block 1, %llu bytes (further blocks quietly)",
                     static_cast<unsigned long long>(block.block_length));
         if (block.end_of_stream != 0) {
-            say.say("end of stream: %llu bytes in %llu block(s); confirmed with sem_post(block_free)",
-                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(expected - 1));
+            say.say("end of stream: %llu bytes in %llu block(s); confirmed with %s = 0",
+                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(expected - 1), post_call);
             return;
         }
     }
 }
 
-int run(const Options& options, const posix::Target& target) {
+int run(const Options& options, const posix::ObjectLocation& target) {
     Narrator say("reader", options.quiet);
     install_stop_handlers();
     Deadline deadline(options.timeout_seconds);
@@ -369,7 +371,7 @@ int run(const Options& options, const posix::Target& target) {
 /// Parses the command line and runs the reader; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("reader", [&] {
-        posix::Target target;
+        posix::ObjectLocation target;
         OptionSpec spec;
         spec.usage = kUsage;
         spec.default_name = posix::kDefaultName;

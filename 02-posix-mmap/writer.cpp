@@ -72,11 +72,11 @@ Exit status: 0 the reader confirmed the whole stream; 1 a runtime failure; 2 a u
 /// Removes the name on every path that does not reach the planned shm_unlink (a failure,
 /// Ctrl-C). The story below removes it at the moment the lesson needs and clears `owned`.
 struct NameOwner {
-    const posix::Target& target;
+    const posix::ObjectLocation& target;
     const Narrator& say;
     bool owned = false;
 
-    NameOwner(const posix::Target& t, const Narrator& n) : target(t), say(n) {}
+    NameOwner(const posix::ObjectLocation& t, const Narrator& n) : target(t), say(n) {}
     NameOwner(const NameOwner&) = delete;
     NameOwner& operator=(const NameOwner&) = delete;
     ~NameOwner() {
@@ -103,7 +103,7 @@ enum class NameHolder { kLiveWriter, kLeftOver, kNothing };
 /// a dead or finished run left, or a plain file someone put there: --force may replace it).
 /// Refuses outright what is not ours to replace: a symbolic link (shm_open adds O_NOFOLLOW, so it
 /// is never followed: ELOOP), another user's object, anything that is not a regular file.
-NameHolder inspect_existing(const posix::Target& target, const Narrator& say) {
+NameHolder inspect_existing(const posix::ObjectLocation& target, const Narrator& say) {
     const std::string call = std::string(target.open_call()) + "(\"" + target.path + "\", O_RDONLY)";
     int fd = target.is_file ? ::open(target.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
                             : ::shm_open(target.path.c_str(), O_RDONLY, 0);
@@ -137,7 +137,7 @@ NameHolder inspect_existing(const posix::Target& target, const Narrator& say) {
 /// Creates the object exclusively, mode 0600. O_EXCL matters: without it the writer could open
 /// an object someone else planted under this name and write into memory they control. If the
 /// name is taken, --force replaces only what no running writer holds.
-UniqueFd create_object(const posix::Target& target, bool force, NameOwner& name, const Narrator& say) {
+UniqueFd create_object(const posix::ObjectLocation& target, bool force, NameOwner& name, const Narrator& say) {
     const std::string call = std::string(target.open_call()) + "(\"" + target.path + "\", O_RDWR|O_CREAT|O_EXCL, 0600)";
     auto create = [&] {
         return target.is_file ? ::open(target.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)
@@ -191,7 +191,7 @@ void lock_writer_byte(int fd, const Narrator& say) {
 /// so size it first. ftruncate only sets the size: on tmpfs the pages are allocated on first
 /// touch, and if the file system is full then, that touch is a SIGBUS. posix_fallocate
 /// allocates them now, so a full /dev/shm is a clean ENOSPC here instead.
-void size_object(int fd, std::size_t size, const posix::Target& target, const Narrator& say) {
+void size_object(int fd, std::size_t size, const posix::ObjectLocation& target, const Narrator& say) {
     const std::string size_call = "ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")";
     if (::ftruncate(fd, static_cast<off_t>(size)) == -1)
         throw_errno(size_call);
@@ -255,7 +255,7 @@ Mapping map_and_publish(int fd, std::size_t size, std::uint64_t capacity, const 
 /// Waits, bounded by --timeout, for a reader to claim the object, then checks that the reader
 /// holds its lock byte: from now on that lock is how the writer knows the reader lives. The pid
 /// the reader wrote in the claim word is only shown, never acted on.
-void wait_for_reader(posix::HandOff& hand_off, int fd, const Options& options, const posix::Target& target,
+void wait_for_reader(posix::HandOff& hand_off, int fd, const Options& options, const posix::ObjectLocation& target,
                      const Narrator& say) {
     std::string how = target.is_file ? " --file " + target.path
                                      : (target.path == posix::kDefaultName ? "" : " --name " + target.path);
@@ -286,6 +286,7 @@ std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity,
                      const Narrator& say) {
     posix::HandOff& hand_off = posix::hand_off_in(header);
     std::uint8_t* data = data_area(&header);
+    const char* const post_call = "sem_post(block_ready)";
     std::uint64_t sequence = 0;
     std::uint64_t total = 0;
     for (;;) {
@@ -298,11 +299,10 @@ std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity,
             break;
         publish_block(header, length, ++sequence, false);
         if (::sem_post(&hand_off.block_ready) == -1)
-            throw_errno("sem_post(block_ready)");
+            throw_errno(post_call);
         total += length;
         if (sequence == 1)
-            say.say("sem_post(block_ready) = 0: block 1, %zu bytes (each further block goes the same way, quietly)",
-                    length);
+            say.say("%s = 0: block 1, %zu bytes (each further block goes the same way, quietly)", post_call, length);
     }
     say.say("%llu bytes sent in %llu block(s)", static_cast<unsigned long long>(total),
             static_cast<unsigned long long>(sequence));
@@ -315,9 +315,10 @@ void finish(SharedHeader& header, std::uint64_t sequence, const posix::PeerLock&
             const Narrator& say) {
     posix::HandOff& hand_off = posix::hand_off_in(header);
     publish_block(header, 0, sequence + 1, true);
+    const char* const post_call = "sem_post(block_ready)";
     if (::sem_post(&hand_off.block_ready) == -1)
-        throw_errno("sem_post(block_ready)");
-    say.say("end of stream sent (block %llu, empty); waiting up to %s for the reader to confirm",
+        throw_errno(post_call);
+    say.say("%s = 0: end of stream sent (block %llu, empty); waiting up to %s for the reader to confirm", post_call,
             static_cast<unsigned long long>(sequence + 1), seconds_text(options.timeout_seconds).c_str());
     Deadline deadline(options.timeout_seconds);
     switch (posix::wait_post(&hand_off.block_free, &reader, &deadline, "block_free")) {
@@ -340,7 +341,7 @@ void destroy_semaphore(sem_t* semaphore, const char* name, const Narrator& say) 
     say.say("%s = 0", call.c_str());
 }
 
-int run(const Options& options, const posix::Target& target, std::uint64_t capacity) {
+int run(const Options& options, const posix::ObjectLocation& target, std::uint64_t capacity) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
     NameOwner name(target, say);
@@ -412,7 +413,7 @@ int run(const Options& options, const posix::Target& target, std::uint64_t capac
 /// Parses the command line and runs the writer; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("writer", [&] {
-        posix::Target target;
+        posix::ObjectLocation target;
         std::uint64_t capacity = kDefaultDataCapacity;
         OptionSpec spec;
         spec.usage = kUsage;
