@@ -31,6 +31,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 
@@ -44,6 +45,13 @@
 #include "wait.hpp"
 
 namespace posix {
+
+/// An address as narration shows it: "0x7f...".
+inline std::string address_text(const void* address) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%p", address);
+    return text;
+}
 
 /// The default `--name`: a `shm_open` name, which glibc turns into `/dev/shm/shm-tutorial-02`.
 inline constexpr const char* kDefaultName = "/shm-tutorial-02";

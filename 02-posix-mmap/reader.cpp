@@ -354,11 +354,13 @@ int run(const Options& options, const posix::ObjectLocation& target) {
     lock_and_claim(posix::hand_off_in(header), object.fd.get(), say);
     copy_stream(header, validated.data_capacity, writer, target, object, say);
 
-    char unmap_text[64];
-    std::snprintf(unmap_text, sizeof unmap_text, "munmap(%p, %zu)", mapping.get(), mapping.size());
+    const std::size_t length = mapping.size();
+    const std::string unmap_call = "munmap(" + posix::address_text(mapping.get()) + ", " + std::to_string(length) + ")";
     g_mapping_start.store(0, std::memory_order_relaxed); // nothing for the handler to repair any more
-    mapping.reset(); // munmap: with the name already unlinked, the last munmap frees the memory
-    say.say("%s: unmapped", unmap_text);
+    // With the name already unlinked, the last munmap (and close) frees the memory.
+    if (::munmap(mapping.release(), length) == -1)
+        throw_errno(unmap_call);
+    say.say("%s = 0", unmap_call.c_str());
     const std::string close_call = "close(fd=" + std::to_string(object.fd.get()) + ")";
     if (::close(object.fd.release()) == -1) // the descriptor is gone even when close fails
         throw_errno(close_call);

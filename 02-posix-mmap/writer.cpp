@@ -88,13 +88,6 @@ struct NameOwner {
     }
 };
 
-/// "0x7f..." for narration.
-std::string address_text(const void* address) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%p", address);
-    return text;
-}
-
 /// What stands at a name the writer could not create (EEXIST), as far as the writer may judge.
 enum class NameHolder { kLiveWriter, kLeftOver, kNothing };
 
@@ -387,15 +380,17 @@ int run(const Options& options, const posix::ObjectLocation& target, std::uint64
     if (options.keep && target.is_file) {
         // msync is about the file on disk, not about the reader: a MAP_SHARED mapping is coherent
         // between processes without it. Here the file stays, so write its pages back now.
-        const std::string call = "msync(" + address_text(mapping.get()) + ", " + std::to_string(mapping.size()) +
+        const std::string call = "msync(" + posix::address_text(mapping.get()) + ", " + std::to_string(mapping.size()) +
                                  ", MS_SYNC)";
         if (::msync(mapping.get(), mapping.size(), MS_SYNC) == -1)
             throw_errno(call);
         say.say("%s = 0: the file on disk holds the data", call.c_str());
     }
-    const std::string unmap_call = "munmap(" + address_text(mapping.get()) + ", " + std::to_string(mapping.size()) + ")";
-    mapping.reset(); // munmap; the owner ignores its result, which for our own whole mapping is 0
-    say.say("%s: unmapped", unmap_call.c_str());
+    const std::size_t length = mapping.size();
+    const std::string unmap_call = "munmap(" + posix::address_text(mapping.get()) + ", " + std::to_string(length) + ")";
+    if (::munmap(mapping.release(), length) == -1)
+        throw_errno(unmap_call);
+    say.say("%s = 0", unmap_call.c_str());
     const std::string close_call = "close(fd=" + std::to_string(object.get()) + ")";
     if (::close(object.release()) == -1) // the descriptor is gone even when close fails
         throw_errno(close_call);
