@@ -1,6 +1,7 @@
 /// @file 02-posix-mmap/protocol.hpp
 /// @brief Chapter 02: what the writer and the reader agree on (the object's name rules, the
-///        semaphores inside the mapping) and the one wait both of them make.
+///        semaphores inside the mapping, the lock bytes that tell each side the other lives)
+///        and the one wait both of them make.
 ///
 /// The synchronisation lives in the shared memory itself, in the header's chapter area
 /// (SharedHeader::chapter_area, offset 64), as three process-shared POSIX semaphores and one
@@ -10,12 +11,19 @@
 /// |-------:|-----:|--------------|------------|---------|
 /// | 64     | 32   | block_ready  | writer posts, reader waits | a block is in the data area |
 /// | 128    | 32   | block_free   | reader posts, writer waits | the data area may be refilled; after the end of the stream, the reader's confirmation |
-/// | 160    | 4    | reader_pid   | reader, once (compare-and-swap from 0) | the pid of the reader that claimed the object |
+/// | 160    | 4    | reader_pid   | reader, once (compare-and-swap from 0) | the claim: 0 until a reader claims; then that reader's pid, as it says (shown in messages, never acted on) |
 /// | 192    | 32   | claimed      | reader posts once, writer waits | a reader has claimed the object |
 ///
 /// A `sem_t` is 32 bytes of glibc-private state: a program in another language can find it but
 /// not use it. It works between processes only because it is in memory both of them map and was
 /// initialised once, by the writer, with `sem_init(sem, 1, value)` (pshared = 1).
+///
+/// Liveness is not in the memory at all: each side holds an open file description lock
+/// (`fcntl(2)` `F_OFD_SETLK`) on one byte of the object, the writer on byte 0 and the reader on
+/// byte 1, and asks about the other's byte with `F_OFD_GETLK`. The kernel drops a lock when the
+/// last descriptor of its open file description closes, which a process's death does; no pid
+/// is involved, so a reused pid cannot pass for the peer, and peers in different pid namespaces
+/// that share `/dev/shm` see each other.
 #pragma once
 
 #include <atomic>
@@ -23,8 +31,11 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <string>
 
+#include <fcntl.h>
 #include <semaphore.h>
 #include <time.h>
 
@@ -35,11 +46,20 @@
 
 namespace posix {
 
+/// An address as narration shows it: "0x7f...".
+inline std::string address_text(const void* address) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%p", address);
+    return text;
+}
+
 /// The default `--name`: a `shm_open` name, which glibc turns into `/dev/shm/shm-tutorial-02`.
 inline constexpr const char* kDefaultName = "/shm-tutorial-02";
 
-/// Chapter 02's words in the header's chapter area. Each 64-byte line is written by one side.
-struct Sync {
+/// Chapter 02's words in the header's chapter area: the semaphores of the hand-off and the claim.
+/// Each `sem_t` has its own 64-byte line; a `sem_wait` writes to a semaphore too (its waiter
+/// count), so a line is not written by one side only.
+struct HandOff {
     alignas(64) sem_t block_ready;          ///< posted by the writer
     alignas(64) sem_t block_free;           ///< posted by the reader
     std::atomic<std::uint32_t> reader_pid;  ///< set once by the reader that claims the object
@@ -47,14 +67,55 @@ struct Sync {
 };
 static_assert(sizeof(sem_t) == 32, "the notes document a 32-byte sem_t (glibc, 64-bit)");
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
-static_assert(sizeof(Sync) <= sizeof(shmtut::SharedHeader::chapter_area));
-static_assert(offsetof(Sync, block_ready) == 0 && offsetof(Sync, block_free) == 64 &&
-              offsetof(Sync, reader_pid) == 96 && offsetof(Sync, claimed) == 128);
+static_assert(sizeof(HandOff) <= sizeof(shmtut::SharedHeader::chapter_area));
+static_assert(offsetof(HandOff, block_ready) == 0 && offsetof(HandOff, block_free) == 64 &&
+              offsetof(HandOff, reader_pid) == 96 && offsetof(HandOff, claimed) == 128);
 
-/// The chapter's words inside a mapped header.
-inline Sync& sync_of(shmtut::SharedHeader& header) {
-    return *reinterpret_cast<Sync*>(header.chapter_area);
+/// The hand-off words inside a mapped header.
+inline HandOff& hand_off_in(shmtut::SharedHeader& header) {
+    return *reinterpret_cast<HandOff*>(header.chapter_area);
 }
+
+/// Bit of SharedHeader::flags: the writer finished the stream and left the object in place on
+/// purpose (`--keep`). A later reader says so, instead of calling the writer dead.
+inline constexpr std::uint32_t kKeptFlag = 1;
+
+/// The byte of the object on which the writer holds its OFD lock while it runs.
+inline constexpr off_t kWriterLockByte = 0;
+/// The byte of the object on which the reader that claimed it holds its OFD lock.
+inline constexpr off_t kReaderLockByte = 1;
+
+/// The lock a side takes on its own byte: an exclusive (write) lock on one byte. Needs a
+/// descriptor opened for writing.
+inline struct flock lock_on(off_t byte) {
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = byte;
+    lock.l_len = 1;
+    lock.l_pid = 0; // must be 0 for the F_OFD_* commands, or they fail with EINVAL
+    return lock;
+}
+
+/// True while another open file description holds a lock on `byte` of the object behind `fd`.
+/// `F_OFD_GETLK` only asks: it places nothing and disturbs no one. It answers `F_UNLCK` when the
+/// lock could be placed, that is when nobody else holds the byte (a lock of our own open file
+/// description never conflicts with itself), and it reports `l_pid = -1` for an OFD lock: there
+/// is no pid to trust, by design. Throws SysError.
+inline bool lock_held(int fd, off_t byte) {
+    struct flock probe = lock_on(byte);
+    if (::fcntl(fd, F_OFD_GETLK, &probe) == -1)
+        shmtut::throw_errno("fcntl(fd=" + std::to_string(fd) + ", F_OFD_GETLK, byte " + std::to_string(byte) + ")");
+    return probe.l_type != F_UNLCK;
+}
+
+/// The peer, as this side sees it: its lock byte on the object this side holds open.
+struct PeerLock {
+    int fd;    ///< this side's descriptor of the object (kept open while the stream runs)
+    off_t byte; ///< kWriterLockByte or kReaderLockByte
+    /// True while the peer lives (and holds its byte).
+    bool alive() const { return lock_held(fd, byte); }
+};
 
 /// Checks a `shm_open` name the way the notes explain it: one leading '/', no other '/', at
 /// least one character after it, at most NAME_MAX (255) after it, and not "." or "..".
@@ -73,7 +134,7 @@ inline void check_shm_name(const std::string& name) {
 
 /// What the pair shares: a tmpfs object by `shm_open` name, or (with `--file`) a regular file
 /// by path, to compare the two. The programs make the calls themselves; this only names them.
-struct Target {
+struct ObjectLocation {
     bool is_file = false; ///< true with --file
     std::string path; ///< the shm_open name ("/NAME") or the file's path
 
@@ -91,7 +152,7 @@ struct Target {
 };
 
 /// The `--file PATH` option, which makes `target` a regular file.
-inline shmtut::ExtraOption file_option(Target& target) {
+inline shmtut::ExtraOption file_option(ObjectLocation& target) {
     return {"--file", true, [&target](const std::string& path) {
                 if (path.empty())
                     throw shmtut::UsageError("--file needs a path");
@@ -101,7 +162,7 @@ inline shmtut::ExtraOption file_option(Target& target) {
 }
 
 /// Completes `target` from the parsed options: `--name` unless `--file` was given, checked.
-inline void resolve_target(Target& target, const shmtut::Options& options) {
+inline void resolve_target(ObjectLocation& target, const shmtut::Options& options) {
     if (target.is_file && options.name != kDefaultName)
         throw shmtut::UsageError("--name and --file do not go together: one names a tmpfs object, the other a file");
     if (!target.is_file) {
@@ -115,11 +176,14 @@ enum class Waited { kYes, kPeerGone, kTimedOut };
 
 /// Waits for one post of `semaphore` (`sem_clockwait` on CLOCK_MONOTONIC, so a change of the
 /// wall clock cannot stretch or cut the wait, as it would with `sem_timedwait`), in slices of
-/// at most one second. Between slices it asks the peer's pidfd whether the peer still lives (may
+/// at most one second. Between slices it asks whether the peer still holds its lock (`peer` may
 /// be null: no peer yet) and checks `deadline` (may be null: no bound while the peer lives).
+/// `after_each_slice`, if set, runs after every return of `sem_clockwait`, before its result is
+/// believed (the reader checks there that its mapping was not shrunk under it).
 /// SIGINT/SIGTERM interrupt the wait with EINTR and throw Interrupted.
-inline Waited wait_post(sem_t* semaphore, const shmtut::UniqueFd* peer_pidfd, const shmtut::Deadline* deadline,
-                        const char* what) {
+inline Waited wait_post(sem_t* semaphore, const PeerLock* peer, const shmtut::Deadline* deadline, const char* what,
+                        const std::function<void()>& after_each_slice = {}) {
+    const std::string call = std::string("sem_clockwait(") + what + ", CLOCK_MONOTONIC)";
     for (;;) {
         shmtut::throw_if_stopped();
         timespec until{};
@@ -132,15 +196,22 @@ inline Waited wait_post(sem_t* semaphore, const shmtut::UniqueFd* peer_pidfd, co
             until.tv_sec += 1;
             until.tv_nsec -= 1000000000L;
         }
-        if (::sem_clockwait(semaphore, CLOCK_MONOTONIC, &until) == 0)
+        int result = ::sem_clockwait(semaphore, CLOCK_MONOTONIC, &until);
+        int error = errno;
+        if (after_each_slice)
+            after_each_slice();
+        if (result == 0)
             return Waited::kYes;
-        if (errno == EINTR)
+        if (error == EINTR)
             continue;
-        if (errno != ETIMEDOUT)
-            shmtut::throw_errno(std::string("sem_clockwait(") + what + ")");
-        if (peer_pidfd != nullptr && shmtut::process_exited(*peer_pidfd)) {
+        if (error != ETIMEDOUT)
+            shmtut::throw_error(error, call);
+        if (peer != nullptr && !peer->alive()) {
             // The peer may have posted just before it exited: take that post first.
-            return ::sem_trywait(semaphore) == 0 ? Waited::kYes : Waited::kPeerGone;
+            int taken = ::sem_trywait(semaphore);
+            if (after_each_slice)
+                after_each_slice();
+            return taken == 0 ? Waited::kYes : Waited::kPeerGone;
         }
         if (deadline != nullptr && deadline->expired())
             return Waited::kTimedOut;

@@ -11,18 +11,22 @@
 ///     terminal 2: build/02-posix-mmap/reader
 ///
 /// The calls it teaches, in order: `shm_open(3)` with `O_CREAT|O_EXCL` and mode 0600 creates
-/// `/dev/shm/NAME` (with `--file`, `open(2)` creates a file on disk instead); `ftruncate(2)`
-/// sizes it and `posix_fallocate(3)` reserves its pages, so a full tmpfs is an error now rather
-/// than a SIGBUS later; `mmap(2)` with `MAP_SHARED` maps it; `sem_init(3)` with pshared = 1
-/// makes process-shared semaphores inside the mapping; the header's magic is stored last;
+/// `/dev/shm/NAME` (with `--file`, `open(2)` creates a file on disk instead); if the name is
+/// taken, `fcntl(2)` `F_OFD_GETLK` asks whether a live writer holds it; `fcntl(F_OFD_SETLK)`
+/// takes the writer's lock byte, its liveness token; `ftruncate(2)` sizes the object and
+/// `posix_fallocate(3)` reserves its pages, so a full tmpfs is an error now rather than a SIGBUS
+/// later; `mmap(2)` with `MAP_SHARED` maps it; `sem_init(3)` with pshared = 1 makes
+/// process-shared semaphores inside the mapping; the header's magic is stored last;
 /// `sem_clockwait(3)` waits, bounded, for a reader; `shm_unlink(3)` removes the name as soon as
-/// the reader has it mapped (open-then-unlink); `sem_post(3)` hands over each block; at the end
-/// `sem_destroy(3)` and `munmap(2)`.
+/// the reader has it mapped (open-then-unlink); `sem_post(3)` hands over each block, while
+/// `F_OFD_GETLK` on the reader's byte tells whether the reader lives; at the end `sem_destroy(3)`,
+/// `munmap(2)` and `close(2)`, which releases the lock.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include <semaphore.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -57,7 +61,8 @@ Options:
                      confirmation at the end (default 60)
   --keep             do not remove the name: leave the object for ls -l /dev/shm,
                      and with --file write the data back to disk (msync)
-  --force            replace an object of the same name left by an earlier run
+  --force            replace an object of the same name left by an earlier run whose
+                     writer is gone (never one a running writer holds)
   --quiet            no narration on standard error
   --help             show this help
 
@@ -67,11 +72,11 @@ Exit status: 0 the reader confirmed the whole stream; 1 a runtime failure; 2 a u
 /// Removes the name on every path that does not reach the planned shm_unlink (a failure,
 /// Ctrl-C). The story below removes it at the moment the lesson needs and clears `owned`.
 struct NameOwner {
-    const posix::Target& target;
+    const posix::ObjectLocation& target;
     const Narrator& say;
     bool owned = false;
 
-    NameOwner(const posix::Target& t, const Narrator& n) : target(t), say(n) {}
+    NameOwner(const posix::ObjectLocation& t, const Narrator& n) : target(t), say(n) {}
     NameOwner(const NameOwner&) = delete;
     NameOwner& operator=(const NameOwner&) = delete;
     ~NameOwner() {
@@ -83,136 +88,214 @@ struct NameOwner {
     }
 };
 
-/// The create call as narrated: shm_open("/NAME", O_RDWR|O_CREAT|O_EXCL, 0600).
-std::string create_call(const posix::Target& target) {
-    return std::string(target.open_call()) + "(\"" + target.path + "\", O_RDWR|O_CREAT|O_EXCL, 0600)";
+/// What stands at a name the writer could not create (EEXIST), as far as the writer may judge.
+enum class NameHolder { kLiveWriter, kLeftOver, kNothing };
+
+/// The name exists. Finds out, without disturbing anyone, what holds it: a running writer (it
+/// holds its lock byte: refuse, even with --force), or something no writer holds any more (what
+/// a dead or finished run left, or a plain file someone put there: --force may replace it).
+/// Refuses outright what is not ours to replace: a symbolic link (shm_open adds O_NOFOLLOW, so it
+/// is never followed: ELOOP), another user's object, anything that is not a regular file.
+NameHolder inspect_existing(const posix::ObjectLocation& target, const Narrator& say) {
+    const std::string call = std::string(target.open_call()) + "(\"" + target.path + "\", O_RDONLY)";
+    int fd = target.is_file ? ::open(target.path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+                            : ::shm_open(target.path.c_str(), O_RDONLY, 0);
+    if (fd == -1 && errno == ELOOP)
+        throw_errno(call, "a symbolic link stands at the name: it is never followed, and not removed, even with "
+                          "--force; look at it and remove it yourself ('" + target.removal_command() +
+                              "' removes the link, not what it points to), or choose another --name");
+    if (fd == -1 && errno == ENOENT)
+        return NameHolder::kNothing; // removed since our EEXIST: try to create it again
+    if (fd == -1 && errno == EACCES)
+        throw_errno(call, "an object of this name exists and this user may not open it: it is someone "
+                          "else's; choose another --name");
+    if (fd == -1)
+        throw_errno(call);
+    UniqueFd existing(fd);
+    struct stat info {};
+    if (::fstat(fd, &info) == -1)
+        throw_errno("fstat(fd=" + std::to_string(fd) + ")");
+    if (!S_ISREG(info.st_mode))
+        throw Failure(target.path + " exists and is not a regular file: refusing it; choose another --name");
+    if (info.st_uid != ::geteuid())
+        throw Failure(target.path + " exists and belongs to uid " + std::to_string(info.st_uid) +
+                      ", not to this user: not ours to replace; choose another --name");
+    bool writer_lives = posix::lock_held(fd, posix::kWriterLockByte);
+    say.say("%s = %d; fcntl(fd=%d, F_OFD_GETLK, byte %lld): %s", call.c_str(), fd, fd,
+            static_cast<long long>(posix::kWriterLockByte),
+            writer_lives ? "locked: a writer holds it" : "unlocked: no writer holds it");
+    return writer_lives ? NameHolder::kLiveWriter : NameHolder::kLeftOver;
 }
 
 /// Creates the object exclusively, mode 0600. O_EXCL matters: without it the writer could open
-/// an object someone else planted under this name and write into memory they control.
-UniqueFd create_object(const posix::Target& target, bool force, NameOwner& name, const Narrator& say) {
+/// an object someone else planted under this name and write into memory they control. If the
+/// name is taken, --force replaces only what no running writer holds.
+UniqueFd create_object(const posix::ObjectLocation& target, bool force, NameOwner& name, const Narrator& say) {
+    const std::string call = std::string(target.open_call()) + "(\"" + target.path + "\", O_RDWR|O_CREAT|O_EXCL, 0600)";
     auto create = [&] {
         return target.is_file ? ::open(target.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)
                               : ::shm_open(target.path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
     };
     int fd = create();
-    if (fd == -1 && errno == EEXIST && force) {
+    for (int attempt = 0; fd == -1 && errno == EEXIST && attempt < 3; ++attempt) {
+        int saved = errno;
+        NameHolder holder = inspect_existing(target, say);
+        if (holder == NameHolder::kNothing) {
+            fd = create();
+            continue;
+        }
+        if (holder == NameHolder::kLiveWriter)
+            throw_error(saved, call, "a writer is running there (it holds its lock on the object); --force "
+                                     "does not replace a running writer's object: wait for it to finish, or "
+                                     "choose another --name");
+        if (!force)
+            throw_error(saved, call, "an object of this name exists that no running writer holds: left by an "
+                                     "earlier run, or put there by someone; remove it with '" +
+                                         target.removal_command() + "', or start the writer with --force");
+        const std::string unlink_call = std::string(target.unlink_call()) + "(\"" + target.path + "\")";
         int removed = target.is_file ? ::unlink(target.path.c_str()) : ::shm_unlink(target.path.c_str());
+        if (removed == -1 && errno != ENOENT) // ENOENT: someone removed it first, which is as good
+            throw_errno(unlink_call);
         if (removed == 0)
-            say.say("--force: %s(\"%s\") = 0: removed the old object", target.unlink_call(),
-                    target.path.c_str());
+            say.say("--force: %s = 0: removed the old object", unlink_call.c_str());
         fd = create();
     }
-    if (fd == -1) {
-        if (errno == EEXIST)
-            throw_errno(create_call(target),
-                        "an object of this name exists, left by an earlier run or in use by another writer; "
-                        "if no writer is running, remove it with '" + target.removal_command() +
-                            "', or start the writer with --force");
-        throw_errno(create_call(target));
-    }
+    if (fd == -1)
+        throw_errno(call);
     name.owned = true;
-    say.say("%s = %d", create_call(target).c_str(), fd);
+    say.say("%s = %d", call.c_str(), fd);
     return UniqueFd(fd);
+}
+
+/// Takes the writer's liveness token: an OFD lock on byte 0 of the object, held through the
+/// descriptor until the writer closes it or dies. Readers and later writers ask about it with
+/// F_OFD_GETLK. An OFD lock belongs to the open file description, not to the process, so a
+/// descriptor inherited elsewhere would keep it: the object is opened O_CLOEXEC (shm_open does).
+void lock_writer_byte(int fd, const Narrator& say) {
+    const std::string call = "fcntl(fd=" + std::to_string(fd) + ", F_OFD_SETLK, F_WRLCK byte " +
+                             std::to_string(posix::kWriterLockByte) + ")";
+    struct flock lock = posix::lock_on(posix::kWriterLockByte);
+    if (::fcntl(fd, F_OFD_SETLK, &lock) == -1)
+        throw_errno(call);
+    say.say("%s = 0: held while the writer lives", call.c_str());
 }
 
 /// A new object has size 0, and touching a mapping past the end of the object raises SIGBUS,
 /// so size it first. ftruncate only sets the size: on tmpfs the pages are allocated on first
 /// touch, and if the file system is full then, that touch is a SIGBUS. posix_fallocate
 /// allocates them now, so a full /dev/shm is a clean ENOSPC here instead.
-void size_object(int fd, std::size_t size, const posix::Target& target, const Narrator& say) {
+void size_object(int fd, std::size_t size, const posix::ObjectLocation& target, const Narrator& say) {
+    const std::string size_call = "ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")";
     if (::ftruncate(fd, static_cast<off_t>(size)) == -1)
-        throw_errno("ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")");
-    say.say("ftruncate(fd=%d, %zu) = 0", fd, size);
+        throw_errno(size_call);
+    say.say("%s = 0", size_call.c_str());
+
+    const std::string reserve_call = "posix_fallocate(fd=" + std::to_string(fd) + ", 0, " + std::to_string(size) + ")";
     int error = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); // returns the error, not -1
     if (error != 0)
-        throw_error(error, "posix_fallocate(fd=" + std::to_string(fd) + ", 0, " + std::to_string(size) + ")",
+        throw_error(error, reserve_call,
                     error == ENOSPC ? "the file system holding the object is full: see df -h " + target.directory() : "");
-    say.say("posix_fallocate(fd=%d, 0, %zu) = 0: every page reserved", fd, size);
+    say.say("%s = 0: every page reserved", reserve_call.c_str());
 
+    const std::string stat_call = "fstat(fd=" + std::to_string(fd) + ")";
     struct stat info {};
     if (::fstat(fd, &info) == -1)
-        throw_errno("fstat(fd=" + std::to_string(fd) + ")");
-    say.say("fstat(fd=%d) = 0: size=%lld mode=0%o", fd, static_cast<long long>(info.st_size), info.st_mode & 0777u);
+        throw_errno(stat_call);
+    say.say("%s = 0: size=%lld mode=0%o", stat_call.c_str(), static_cast<long long>(info.st_size), info.st_mode & 0777u);
     if ((info.st_mode & 0777u) != 0600) {
         // The mode given to shm_open/open is filtered by the umask: 0600 with umask 0277 becomes
-        // 0400, and a reader of the same user could not open the object for writing. Set the
-        // mode explicitly; fchmod is not filtered.
+        // 0400, and a reader of the same user (unless root, whom permissions do not stop) could
+        // not open the object for writing. Set the mode explicitly; fchmod is not filtered.
+        const std::string chmod_call = "fchmod(fd=" + std::to_string(fd) + ", 0600)";
         if (::fchmod(fd, 0600) == -1)
-            throw_errno("fchmod(fd=" + std::to_string(fd) + ", 0600)");
-        say.say("fchmod(fd=%d, 0600) = 0: the umask had removed bits from 0600", fd);
+            throw_errno(chmod_call);
+        say.say("%s = 0: the umask had removed bits from 0600", chmod_call.c_str());
     }
+}
+
+/// sem_init with pshared = 1, checked and narrated: the semaphore is used by several processes,
+/// so glibc makes its futex a shared one.
+void init_semaphore(sem_t* semaphore, const char* name, unsigned value, const Narrator& say) {
+    const std::string call = std::string("sem_init(") + name + ", pshared=1, " + std::to_string(value) + ")";
+    if (::sem_init(semaphore, 1, value) == -1)
+        throw_errno(call);
+    say.say("%s = 0", call.c_str());
 }
 
 /// Maps the object and prepares the header: the semaphores first, the magic last, so that a
 /// reader that sees the magic finds initialised semaphores.
 Mapping map_and_publish(int fd, std::size_t size, std::uint64_t capacity, const Narrator& say) {
+    const std::string call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
+                             std::to_string(fd) + ", 0)";
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
-        throw_errno("mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED)");
+        throw_errno(call);
     Mapping mapping(base, size);
-    say.say("mmap(NULL, %zu, PROT_READ|PROT_WRITE, MAP_SHARED, fd=%d, 0) = %p", size, fd, base);
+    say.say("%s = %p", call.c_str(), base);
 
     SharedHeader* header = construct_header(base);
-    posix::Sync* sync = new (header->chapter_area) posix::Sync{};
-    // pshared = 1: the semaphore is used by several processes, so glibc makes its futex a
-    // shared one. Initialised exactly once, here, before any reader can see the object as ready.
-    if (::sem_init(&sync->block_ready, 1, 0) == -1 || ::sem_init(&sync->block_free, 1, 1) == -1 ||
-        ::sem_init(&sync->claimed, 1, 0) == -1)
-        throw_errno("sem_init(pshared=1)");
-    say.say("sem_init(block_ready, pshared=1, 0), sem_init(block_free, pshared=1, 1), "
-            "sem_init(claimed, pshared=1, 0) = 0");
+    posix::HandOff* hand_off = new (header->chapter_area) posix::HandOff{};
+    // Initialised exactly once, here, before any reader can see the object as ready.
+    init_semaphore(&hand_off->block_ready, "block_ready", 0, say);
+    init_semaphore(&hand_off->block_free, "block_free", 1, say);
+    init_semaphore(&hand_off->claimed, "claimed", 0, say);
     publish_header(*header, capacity, static_cast<std::uint32_t>(::getpid()), 0);
     say.say("header published: magic=0x%08x version=%u data_capacity=%llu", kHeaderMagic, kLayoutVersion,
             static_cast<unsigned long long>(capacity));
     return mapping;
 }
 
-/// Waits, bounded by --timeout, for a reader to claim the object; returns a pidfd of that
-/// reader, so that its death can be noticed from now on.
-UniqueFd wait_for_reader(posix::Sync& sync, const Options& options, const posix::Target& target, const Narrator& say) {
+/// Waits, bounded by --timeout, for a reader to claim the object, then checks that the reader
+/// holds its lock byte: from now on that lock is how the writer knows the reader lives. The pid
+/// the reader wrote in the claim word is only shown, never acted on.
+void wait_for_reader(posix::HandOff& hand_off, int fd, const Options& options, const posix::ObjectLocation& target,
+                     const Narrator& say) {
     std::string how = target.is_file ? " --file " + target.path
                                      : (target.path == posix::kDefaultName ? "" : " --name " + target.path);
     say.say("waiting up to %s for a reader: start build/02-posix-mmap/reader%s",
             seconds_text(options.timeout_seconds).c_str(), how.c_str());
     Deadline deadline(options.timeout_seconds);
-    if (posix::wait_post(&sync.claimed, nullptr, &deadline, "claimed") != posix::Waited::kYes)
+    if (posix::wait_post(&hand_off.claimed, nullptr, &deadline, "claimed") != posix::Waited::kYes)
         throw Failure("no reader claimed the object within " + seconds_text(options.timeout_seconds) +
                       ": start the reader while the writer waits, or give the writer a longer --timeout");
-    auto reader_pid = static_cast<pid_t>(sync.reader_pid.load(std::memory_order_acquire));
-    say.say("sem_clockwait(claimed, CLOCK_MONOTONIC) = 0: reader pid %d claimed the object", reader_pid);
-    try {
-        return open_pidfd(reader_pid);
-    } catch (const SysError&) {
-        throw Failure("the reader (pid " + std::to_string(reader_pid) + ") died right after claiming the object");
-    }
+    auto claimed_by = hand_off.reader_pid.load(std::memory_order_acquire);
+    say.say("sem_clockwait(claimed, CLOCK_MONOTONIC) = 0: a reader claimed the object (it says it is pid %u)",
+            claimed_by);
+    // The reader locks its byte before it claims, so the lock is held now unless it died since.
+    bool reader_lives = posix::lock_held(fd, posix::kReaderLockByte);
+    say.say("fcntl(fd=%d, F_OFD_GETLK, byte %lld): %s", fd, static_cast<long long>(posix::kReaderLockByte),
+            reader_lives ? "locked: the reader lives" : "unlocked");
+    if (!reader_lives)
+        throw Failure("the reader died right after claiming the object (its lock is released); cleaned up");
 }
 
 [[noreturn]] void reader_gone() {
-    throw Failure("the reader died before the end of the stream (its pidfd became readable); cleaned up");
+    throw Failure("the reader died before the end of the stream (its lock on the object is released); cleaned up");
 }
 
 /// The hand-off: wait until the data area is free, fill it, publish the block, post "ready".
 /// Returns the last block's number, still holding the "block free" post it took last.
-std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity, const UniqueFd& reader,
+std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity, const posix::PeerLock& reader,
                      const Narrator& say) {
-    posix::Sync& sync = posix::sync_of(header);
+    posix::HandOff& hand_off = posix::hand_off_in(header);
     std::uint8_t* data = data_area(&header);
+    const char* const post_call = "sem_post(block_ready)";
     std::uint64_t sequence = 0;
     std::uint64_t total = 0;
     for (;;) {
-        if (posix::wait_post(&sync.block_free, &reader, nullptr, "block_free") != posix::Waited::kYes)
+        if (posix::wait_post(&hand_off.block_free, &reader, nullptr, "block_free") != posix::Waited::kYes)
             reader_gone();
-        std::size_t length = input.next(data, capacity, [&reader] { return !process_exited(reader); });
+        // While the input has nothing to read (a keyboard, a slow pipe), Input asks every second
+        // whether the reader still holds its lock.
+        std::size_t length = input.next(data, capacity, [&reader] { return reader.alive(); });
         if (length == 0)
             break;
         publish_block(header, length, ++sequence, false);
-        if (::sem_post(&sync.block_ready) == -1)
-            throw_errno("sem_post(block_ready)");
+        if (::sem_post(&hand_off.block_ready) == -1)
+            throw_errno(post_call);
         total += length;
         if (sequence == 1)
-            say.say("sem_post(block_ready) = 0: block 1, %zu bytes (each further block goes the same way, quietly)",
-                    length);
+            say.say("%s = 0: block 1, %zu bytes (each further block goes the same way, quietly)", post_call, length);
     }
     say.say("%llu bytes sent in %llu block(s)", static_cast<unsigned long long>(total),
             static_cast<unsigned long long>(sequence));
@@ -221,16 +304,17 @@ std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity,
 
 /// Marks the end of the stream with an empty block, then waits (bounded) for the reader's
 /// confirmation: its last "block free" post, after it has written every byte.
-void finish(SharedHeader& header, std::uint64_t sequence, const UniqueFd& reader, const Options& options,
+void finish(SharedHeader& header, std::uint64_t sequence, const posix::PeerLock& reader, const Options& options,
             const Narrator& say) {
-    posix::Sync& sync = posix::sync_of(header);
+    posix::HandOff& hand_off = posix::hand_off_in(header);
     publish_block(header, 0, sequence + 1, true);
-    if (::sem_post(&sync.block_ready) == -1)
-        throw_errno("sem_post(block_ready)");
-    say.say("end of stream sent (block %llu, empty); waiting up to %s for the reader to confirm",
+    const char* const post_call = "sem_post(block_ready)";
+    if (::sem_post(&hand_off.block_ready) == -1)
+        throw_errno(post_call);
+    say.say("%s = 0: end of stream sent (block %llu, empty); waiting up to %s for the reader to confirm", post_call,
             static_cast<unsigned long long>(sequence + 1), seconds_text(options.timeout_seconds).c_str());
     Deadline deadline(options.timeout_seconds);
-    switch (posix::wait_post(&sync.block_free, &reader, &deadline, "block_free")) {
+    switch (posix::wait_post(&hand_off.block_free, &reader, &deadline, "block_free")) {
     case posix::Waited::kYes:
         say.say("the reader confirmed the end of the stream");
         return;
@@ -241,34 +325,43 @@ void finish(SharedHeader& header, std::uint64_t sequence, const UniqueFd& reader
     }
 }
 
-int run(const Options& options, const posix::Target& target, std::uint64_t capacity) {
+/// sem_destroy, checked and narrated. Only after the reader's confirmation: it will not touch
+/// the semaphores again.
+void destroy_semaphore(sem_t* semaphore, const char* name, const Narrator& say) {
+    const std::string call = std::string("sem_destroy(") + name + ")";
+    if (::sem_destroy(semaphore) == -1)
+        throw_errno(call);
+    say.say("%s = 0", call.c_str());
+}
+
+int run(const Options& options, const posix::ObjectLocation& target, std::uint64_t capacity) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
     NameOwner name(target, say);
     const std::size_t size = kHeaderSize + capacity;
 
-    UniqueFd fd = create_object(target, options.force, name, say);
-    size_object(fd.get(), size, target, say);
-    Mapping mapping = map_and_publish(fd.get(), size, capacity, say);
-    // The mapping holds its own reference to the object: the descriptor is no longer needed.
-    say.say("close(fd=%d) = 0: the mapping keeps the object open", fd.get());
-    fd.reset();
+    // The descriptor stays open for the whole run: it carries the writer's lock.
+    UniqueFd object = create_object(target, options.force, name, say);
+    lock_writer_byte(object.get(), say);
+    size_object(object.get(), size, target, say);
+    Mapping mapping = map_and_publish(object.get(), size, capacity, say);
 
     auto& header = *static_cast<SharedHeader*>(mapping.get());
-    posix::Sync& sync = posix::sync_of(header);
+    posix::HandOff& hand_off = posix::hand_off_in(header);
     Input input(options.operands);
-    UniqueFd reader = wait_for_reader(sync, options, target, say);
+    wait_for_reader(hand_off, object.get(), options, target, say);
+    const posix::PeerLock reader{object.get(), posix::kReaderLockByte};
 
     if (!options.keep) {
         // Open-then-unlink: the reader has the object mapped, so the name has done its job.
         // Removing it now means no crash from here on can leave it behind; the memory lives
         // until the last mapping goes (/proc/PID/maps then says "(deleted)").
+        const std::string call = std::string(target.unlink_call()) + "(\"" + target.path + "\")";
         int removed = target.is_file ? ::unlink(target.path.c_str()) : ::shm_unlink(target.path.c_str());
         if (removed == -1)
-            throw_errno(std::string(target.unlink_call()) + "(\"" + target.path + "\")");
+            throw_errno(call);
         name.owned = false;
-        say.say("%s(\"%s\") = 0: the name is gone; both mappings keep the memory", target.unlink_call(),
-                target.path.c_str());
+        say.say("%s = 0: the name is gone; both mappings keep the memory", call.c_str());
     }
     if (input.from_stdin() && ::isatty(STDIN_FILENO))
         say.say("type lines to send; Ctrl-D ends the stream");
@@ -276,22 +369,32 @@ int run(const Options& options, const posix::Target& target, std::uint64_t capac
     std::uint64_t sequence = stream(input, header, capacity, reader, say);
     finish(header, sequence, reader, options, say);
 
-    // The reader has confirmed and will not touch the semaphores again.
-    ::sem_destroy(&sync.block_ready);
-    ::sem_destroy(&sync.block_free);
-    ::sem_destroy(&sync.claimed);
-    say.say("sem_destroy(block_ready), sem_destroy(block_free), sem_destroy(claimed) = 0");
+    destroy_semaphore(&hand_off.block_ready, "block_ready", say);
+    destroy_semaphore(&hand_off.block_free, "block_free", say);
+    destroy_semaphore(&hand_off.claimed, "claimed", say);
+    if (options.keep) {
+        // A later reader finds a finished stream, not a dead writer: say so in the header.
+        header.flags.fetch_or(posix::kKeptFlag, std::memory_order_release);
+        say.say("header flags |= KEPT: a later reader learns the stream is over, not that the writer died");
+    }
     if (options.keep && target.is_file) {
         // msync is about the file on disk, not about the reader: a MAP_SHARED mapping is coherent
         // between processes without it. Here the file stays, so write its pages back now.
+        const std::string call = "msync(" + posix::address_text(mapping.get()) + ", " + std::to_string(mapping.size()) +
+                                 ", MS_SYNC)";
         if (::msync(mapping.get(), mapping.size(), MS_SYNC) == -1)
-            throw_errno("msync(MS_SYNC)");
-        say.say("msync(%p, %zu, MS_SYNC) = 0: the file on disk holds the data", mapping.get(), mapping.size());
+            throw_errno(call);
+        say.say("%s = 0: the file on disk holds the data", call.c_str());
     }
-    void* base = mapping.get();
-    std::size_t length = mapping.size();
-    mapping.reset(); // munmap
-    say.say("munmap(%p, %zu) = 0", base, length);
+    const std::size_t length = mapping.size();
+    const std::string unmap_call = "munmap(" + posix::address_text(mapping.get()) + ", " + std::to_string(length) + ")";
+    if (::munmap(mapping.release(), length) == -1)
+        throw_errno(unmap_call);
+    say.say("%s = 0", unmap_call.c_str());
+    const std::string close_call = "close(fd=" + std::to_string(object.get()) + ")";
+    if (::close(object.release()) == -1) // the descriptor is gone even when close fails
+        throw_errno(close_call);
+    say.say("%s = 0: the writer's lock is released", close_call.c_str());
     if (options.keep) {
         name.owned = false;
         say.say("--keep: %s is left in place; look with ls -l %s, remove with '%s'", target.path.c_str(),
@@ -305,7 +408,7 @@ int run(const Options& options, const posix::Target& target, std::uint64_t capac
 /// Parses the command line and runs the writer; run_main() turns failures into exit statuses.
 int main(int argc, char** argv) {
     return run_main("writer", [&] {
-        posix::Target target;
+        posix::ObjectLocation target;
         std::uint64_t capacity = kDefaultDataCapacity;
         OptionSpec spec;
         spec.usage = kUsage;
