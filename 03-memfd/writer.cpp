@@ -14,9 +14,10 @@
 /// MFD_NOEXEC_SEAL`; `ftruncate(2)` and `mmap(2)` as in chapter 02; `fcntl(2)` `F_ADD_SEALS`
 /// (shrink, grow, then no more seals) before any reader can see it; `posix_spawn(3)` with
 /// `posix_spawn_file_actions_adddup2(fd, fd)`, which hands the descriptor to the reader only;
-/// `futex(2)` `FUTEX_WAIT`/`FUTEX_WAKE` on words in the mapping for the hand-off. With
-/// `--snapshot`: the whole input in one sealed block, `munmap` of the writable mapping, then
-/// `F_SEAL_WRITE`.
+/// `futex(2)` `FUTEX_WAIT`/`FUTEX_WAKE` on words in the mapping for the hand-off; `fcntl(2)`
+/// `F_OFD_GETLK` to see that the reader still holds its claim lock (the kernel drops it when the
+/// reader dies: no pid from the mapping is trusted). With `--snapshot`: the whole input in one
+/// sealed block, `munmap` of the writable mapping, then `F_SEAL_WRITE`.
 #include <cerrno>
 #include <cstdio>
 #include <cstdint>
