@@ -756,3 +756,40 @@ TEST_CASE("03 step 1: the notes quote the bare pair whole, as it is in the files
         CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
     }
 }
+
+TEST_CASE("03: a writer that dies while the reader opens its descriptor is not trusted", "[03]") {
+    // The reader holds a pidfd on PID, opens /proc/PID/fd/N, then asks the pidfd whether the
+    // process is still alive: if it died in between, the number may already name another
+    // process, whose descriptor the reader may have just opened. Here the writer is killed
+    // right after the open (the reader stopped at its next system call), so the look after the
+    // open must catch it.
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process& w = group.start("writer", writer({}), Stdin::kPipe);
+        group.wait_for_stderr(w, "reader --pid");
+        Process& r = group.start("reader", traced(printed_reader_command(w)));
+        bool pidfd_opened = false, descriptor_opened = false;
+        bool stopped = stop_at_syscall(r, [&](const SyscallEntry& call) {
+            if (descriptor_opened)
+                return true; // the first call after the open
+            if (call.number == SYS_pidfd_open)
+                pidfd_opened = true;
+            else if (pidfd_opened && call.number == SYS_openat)
+                descriptor_opened = true;
+            return false;
+        });
+        REQUIRE(stopped);
+        ::kill(w.pid, SIGKILL);
+        int status = 0;
+        REQUIRE(::waitpid(w.pid, &status, 0) == w.pid);
+        w.wait_status = status;
+        resume_stopped(r);
+        group.wait(r);
+        group.wait(w);
+        INFO("reader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 1);
+        CHECK_THAT(r.last_error_line(), contains("exited while its descriptor was being opened"));
+    }
+    check_nothing_left(leaks);
+}
