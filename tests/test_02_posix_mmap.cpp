@@ -155,6 +155,24 @@ TEST_CASE("02: step 1, the bare pair carries its message and leaves nothing behi
     check_nothing_left(leaks);
 }
 
+TEST_CASE("02: step 1, the notes quote the bare pair whole, exactly as it is in the files", "[02]") {
+    auto text_of = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream content;
+        content << in.rdbuf();
+        return content.str();
+    };
+    const std::string chapter_dir = std::string(SHMTUT_SOURCE_DIR) + "/02-posix-mmap/";
+    const std::string notes = text_of(chapter_dir + "README.md");
+    REQUIRE_FALSE(notes.empty());
+    for (const char* program : {"hello_writer.cpp", "hello_reader.cpp"}) {
+        const std::string code = text_of(chapter_dir + program);
+        INFO(program << " must appear whole in 02-posix-mmap/README.md, in a ```cpp block");
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
+}
+
 TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;
