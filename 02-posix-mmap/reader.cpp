@@ -91,6 +91,8 @@ extern "C" void on_sigbus(int signal_number, siginfo_t* info, void*) {
     // si_code > 0: the kernel raised it for a fault at si_addr (BUS_ADRERR); kill() gives <= 0,
     // and then si_addr is not an address at all.
     if (info->si_code > 0 && start != 0 && address - start < length) {
+        // mmap is not on POSIX's list of async-signal-safe functions, but on Linux it is one
+        // system call that touches no user-space state; libwayland's handler relies on it too.
         void* zeros = ::mmap(reinterpret_cast<void*>(start), length, PROT_READ | PROT_WRITE,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
         if (zeros != MAP_FAILED) {

@@ -26,8 +26,8 @@
 #include <cstring>
 #include <string>
 
-#include <semaphore.h>
 #include <fcntl.h>
+#include <semaphore.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -376,6 +376,7 @@ int run(const Options& options, const posix::ObjectLocation& target, std::uint64
         // A later reader finds a finished stream, not a dead writer: say so in the header.
         header.flags.fetch_or(posix::kKeptFlag, std::memory_order_release);
         say.say("header flags |= KEPT: a later reader learns the stream is over, not that the writer died");
+        name.owned = false; // kept on purpose, whatever happens from here on
     }
     if (options.keep && target.is_file) {
         // msync is about the file on disk, not about the reader: a MAP_SHARED mapping is coherent
@@ -396,7 +397,6 @@ int run(const Options& options, const posix::ObjectLocation& target, std::uint64
         throw_errno(close_call);
     say.say("%s = 0: the writer's lock is released", close_call.c_str());
     if (options.keep) {
-        name.owned = false;
         say.say("--keep: %s is left in place; look with ls -l %s, remove with '%s'", target.path.c_str(),
                 target.is_file ? target.path.c_str() : "/dev/shm", target.removal_command().c_str());
     }

@@ -2,6 +2,7 @@
 /// @brief Chapter 02 end to end: the real writer and reader on a POSIX shared-memory object,
 ///        checked the way a learner would check them, and checked to leave nothing in /dev/shm.
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <new>
 #include <sstream>
@@ -112,9 +113,23 @@ private:
     void* base_ = nullptr;
 };
 
-/// True when the test may start programs that need root (mount, pid namespaces).
-bool is_root() {
-    return ::geteuid() == 0;
+/// The `unshare` options that give a program the namespaces in `wanted` ("--mount", "--pid
+/// --fork"...) here: as root, just those; otherwise inside a user namespace of its own, where the
+/// user is root and may mount a tmpfs or start a pid namespace. Empty when this machine allows
+/// neither (unprivileged user namespaces switched off).
+std::vector<std::string> unshare_for(const std::vector<std::string>& wanted) {
+    std::vector<std::string> argv = {"/usr/bin/unshare"};
+    if (::geteuid() != 0) {
+        argv.push_back("--user");
+        argv.push_back("--map-root-user");
+    }
+    argv.insert(argv.end(), wanted.begin(), wanted.end());
+    std::string probe;
+    for (const std::string& word : argv)
+        probe += word + " ";
+    if (std::system((probe + "/bin/true >/dev/null 2>&1").c_str()) != 0)
+        return {};
+    return argv;
 }
 
 } // namespace
@@ -138,6 +153,24 @@ TEST_CASE("02: step 1, the bare pair carries its message and leaves nothing behi
     struct stat info {};
     CHECK(::stat("/dev/shm/hello-02", &info) == -1);
     check_nothing_left(leaks);
+}
+
+TEST_CASE("02: step 1, the notes quote the bare pair whole, exactly as it is in the files", "[02]") {
+    auto text_of = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream content;
+        content << in.rdbuf();
+        return content.str();
+    };
+    const std::string chapter_dir = std::string(SHMTUT_SOURCE_DIR) + "/02-posix-mmap/";
+    const std::string notes = text_of(chapter_dir + "README.md");
+    REQUIRE_FALSE(notes.empty());
+    for (const char* program : {"hello_writer.cpp", "hello_reader.cpp"}) {
+        const std::string code = text_of(chapter_dir + program);
+        INFO(program << " must appear whole in 02-posix-mmap/README.md, in a ```cpp block");
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
 }
 
 TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[02]") {
@@ -809,8 +842,9 @@ TEST_CASE("02: a block longer than the data area is refused, even when the write
 }
 
 TEST_CASE("02: a reader in another pid namespace that shares /dev/shm works with the writer", "[02]") {
-    if (!is_root())
-        SKIP_TEST("not root: unshare --pid needs root");
+    std::vector<std::string> unshare = unshare_for({"--pid", "--fork"});
+    if (unshare.empty())
+        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
     LeakCheck leaks;
     Chapter02 chapter;
     leaks.watch_shm_name(chapter.name);
@@ -818,7 +852,7 @@ TEST_CASE("02: a reader in another pid namespace that shares /dev/shm works with
         ProcessGroup group;
         Process& writer = group.start("writer", chapter.writer("10", {"across pid namespaces"}));
         std::vector<std::string> reader_command = chapter.reader("10");
-        reader_command.insert(reader_command.begin(), {"/usr/bin/unshare", "--pid", "--fork"});
+        reader_command.insert(reader_command.begin(), unshare.begin(), unshare.end());
         Process& reader = group.start("reader", reader_command);
         group.wait(writer);
         group.wait(reader);
@@ -920,16 +954,17 @@ TEST_CASE("02: another user's object is refused by the reader and by the writer,
 }
 
 TEST_CASE("02: a full /dev/shm fails the writer at creation with ENOSPC, not with SIGBUS later", "[02]") {
-    if (!is_root())
-        SKIP_TEST("not root: mounting a small tmpfs over /dev/shm needs root");
+    std::vector<std::string> argv = unshare_for({"--mount", "--propagation", "private"});
+    if (argv.empty())
+        SKIP_TEST("unshare --mount is not allowed here (not root, and no unprivileged user namespaces)");
     LeakCheck leaks;
     Chapter02 chapter;
     leaks.watch_shm_name(chapter.name);
     {
         ProcessGroup group;
         // In a private mount namespace, /dev/shm is a 64 KiB tmpfs; the object wants 1 MiB.
-        std::vector<std::string> argv = {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
-                                         "mount -t tmpfs -o size=64k tmpfs /dev/shm && exec \"$0\" \"$@\""};
+        for (const char* word : {"/bin/sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm && exec \"$0\" \"$@\""})
+            argv.push_back(word);
         for (const std::string& word : chapter.writer("5", {"--capacity", "1048576", "hello"}))
             argv.push_back(word);
         Process& writer = group.start("writer", argv);
