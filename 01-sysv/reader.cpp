@@ -9,13 +9,17 @@
 ///     terminal 1: build/01-sysv/writer "hello, shared memory"
 ///     terminal 2: build/01-sysv/reader
 ///
-/// The calls it teaches, in order: `ftok(3)` on the same path gives the same key; `semget(2)`
-/// and `shmget(2)` with no `IPC_CREAT` find the writer's objects; `semctl(IPC_STAT)` tells an
-/// initialised set (`sem_otime` set) from a half-made one; `shmctl(IPC_STAT)` gives the real size
-/// of the segment, which the header is checked against; `shmat(2)` with `SHM_RDONLY` maps it
-/// read-only; one `semop(2)` claims the segment and takes the "reader alive" token together;
-/// `semtimedop(2)` waits for each block, in one-second slices that notice a dead writer; and if
-/// the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it left.
+/// The calls it teaches, in order: `ftok(3)` on the same path gives the same key (after
+/// `lstat(2)`: a symbolic link is refused, never followed); `semget(2)` and then `shmget(2)`,
+/// with no `IPC_CREAT`, find the writer's objects, the set first; `semctl(IPC_STAT)` tells an
+/// initialised set (`sem_otime` set) from a half-made one, and its creator; `shmctl(IPC_STAT)`
+/// gives the real size of the segment, which the header is checked against; `shmat(2)` with
+/// `SHM_RDONLY` maps it read-only; one `semop(2)` claims the segment and takes the "reader alive"
+/// token together; `semtimedop(2)` waits for each block, in one-second slices that notice a
+/// dead writer; and if the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it
+/// left.
+///
+/// Step 1 of the chapter, hello_reader.cpp, makes the same calls with none of the robustness.
 #include <cerrno>
 #include <cstdio>
 #include <string>

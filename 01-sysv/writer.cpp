@@ -9,14 +9,19 @@
 ///     terminal 1: build/01-sysv/writer "hello, shared memory"
 ///     terminal 2: build/01-sysv/reader
 ///
-/// The calls it teaches, in order: `ftok(3)` turns a path into a key; `semget(2)` and
+/// The calls it teaches, in order: `ftok(3)` turns a path into a key (after `lstat(2)`: a
+/// symbolic link at the path is refused, since `ftok` would follow it); `semget(2)` and
 /// `semctl(2)` (`SETALL`) create and initialise the semaphores *before* the segment exists, so a
-/// reader that finds the segment always finds initialised semaphores; `semop(2)` with `SEM_UNDO`
-/// takes the "writer alive" token; `shmget(2)` with `IPC_CREAT|IPC_EXCL|0600` creates the
-/// segment and `shmat(2)` maps it; `semtimedop(2)` waits, bounded, for a reader to claim it;
-/// `shmctl(2)` (`IPC_STAT`, then `IPC_RMID`) shows the segment and marks it for removal as soon
-/// as the reader is attached; each block is handed over with `semop`; at the end `shmdt(2)`
-/// detaches and `semctl(IPC_RMID)` removes the semaphores.
+/// reader, which looks the set up first, can tell a live writer from a dead one while it waits
+/// for the segment; `semop(2)` with `SEM_UNDO` takes the "writer alive" token, which also tells
+/// a second writer on the same key that this one is running; `shmget(2)` with
+/// `IPC_CREAT|IPC_EXCL|0600` creates the segment and `shmat(2)` maps it; `semtimedop(2)` waits,
+/// bounded, for a reader to claim it; `shmctl(2)` (`IPC_STAT`, then `IPC_RMID`) shows the
+/// segment and marks it for removal as soon as the reader is attached; each block is handed
+/// over with `semop`; at the end `shmdt(2)` detaches and `semctl(IPC_RMID)` removes the
+/// semaphores.
+///
+/// Step 1 of the chapter, hello_writer.cpp, makes the same calls with none of the robustness.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
