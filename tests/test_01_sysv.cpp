@@ -471,14 +471,11 @@ TEST_CASE("01: usage errors exit 2 with a pointer to --help, and --help exits 0"
 TEST_CASE("01: the bare pair (step 1) carries its message and leaves nothing behind", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
-    key_t key = ::ftok(chapter.dir.path().c_str(), 'h'); // the bare pair's key, from its PATH argument
-    REQUIRE(key != -1);
     {
         ProcessGroup group;
         Process& writer = group.start("hello_writer", {binary("01-sysv/hello_writer"), chapter.dir.path()});
-        // The bare reader does not wait for a writer: start it once the writer's set exists.
-        group.pump_until([&] { return ::semget(key, 0, 0) != -1 || writer.wait_status.has_value(); },
-                         "the bare writer's semaphore set");
+        // The bare reader does not wait for a writer: start it once the writer says so.
+        group.wait_for_stderr(writer, "the message is in place");
         Process& reader = group.start("hello_reader", {binary("01-sysv/hello_reader"), chapter.dir.path()});
         group.wait(reader);
         group.wait(writer);
@@ -487,7 +484,7 @@ TEST_CASE("01: the bare pair (step 1) carries its message and leaves nothing beh
         CHECK(reader.exit_code() == 0);
         CHECK(writer.exit_code() == 0);
         CHECK(reader.err.empty());
-        CHECK(writer.err.empty());
+        CHECK(writer.err == "hello_writer: the message is in place; start hello_reader\n");
     }
     require_nothing_left(leaks, chapter);
 }
