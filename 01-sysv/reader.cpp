@@ -72,8 +72,8 @@ struct WriterObjects {
 
 /// The writer died: it cannot remove its objects any more, so the reader does, and says so.
 /// It removes only what that writer made: the segment it finds by key only if the dead writer
-/// created it (`shm_cpid`), and the key file only if a writer made it (it holds the marker) and
-/// no new writer's set has taken the key meanwhile.
+/// created it (`shm_cpid`), and the key file only if a writer made it (it holds the marker), it
+/// is still the file the key came from, and no new writer's set has taken the key meanwhile.
 [[noreturn]] void writer_died(WriterObjects& writer, const char* when, const Narrator& say) {
     int writer_pid = sysv::semaphore_pid(writer.semid, sysv::kWriterAlive); // it took the token, its exit gave it back
     say.say("the writer (pid %d) is gone: semaphore 0 'writer alive' is 0; removing what it left", writer_pid);
@@ -88,7 +88,8 @@ struct WriterObjects {
                               ::shmctl(writer.shmid, IPC_RMID, nullptr), "the dead writer's segment");
     sysv::narrate_cleanup(say, "semctl(semid=" + std::to_string(writer.semid) + ", 0, IPC_RMID)",
                           ::semctl(writer.semid, 0, IPC_RMID), "the dead writer's semaphore set");
-    if (sysv::is_writer_key_file(writer.key_file) && ::semget(writer.key, 0, 0) == -1 && errno == ENOENT)
+    if (sysv::is_writer_key_file(writer.key_file) && ::ftok(writer.key_file.c_str(), sysv::kProjectId) == writer.key &&
+        ::semget(writer.key, 0, 0) == -1 && errno == ENOENT)
         sysv::narrate_cleanup(say, "unlink(\"" + writer.key_file + "\")", ::unlink(writer.key_file.c_str()),
                               "the dead writer's key file");
     throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when +

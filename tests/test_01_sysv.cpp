@@ -471,6 +471,7 @@ TEST_CASE("01: usage errors exit 2 with a pointer to --help, and --help exits 0"
 TEST_CASE("01: the bare pair (step 1) carries its message and leaves nothing behind", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.dir.path());
     {
         ProcessGroup group;
         Process& writer = group.start("hello_writer", {binary("01-sysv/hello_writer"), chapter.dir.path()});
@@ -492,6 +493,7 @@ TEST_CASE("01: the bare pair (step 1) carries its message and leaves nothing beh
 TEST_CASE("01: the bare reader started before its writer fails at once (step 2's reader waits)", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.dir.path());
     {
         ProcessGroup group;
         Process& reader = group.start("hello_reader", {binary("01-sysv/hello_reader"), chapter.dir.path()});
@@ -521,6 +523,7 @@ TEST_CASE("01: the notes quote the bare pair exactly as it is in the files", "[0
 TEST_CASE("01: a second writer on the name of a running writer is refused, with and without --force", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& first = group.start("writer A", chapter.writer("60", {"from writer A"}));
@@ -552,6 +555,7 @@ TEST_CASE("01: a second writer on the name of a running writer is refused, with 
 TEST_CASE("01: a reader of a stream kept with --keep says it ended, and the kept objects stay", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         Process& writer = group.start("writer --keep", chapter.writer("10", {"--keep", "kept"}));
@@ -596,6 +600,7 @@ TEST_CASE("01: a reader of a stream kept with --keep says it ended, and the kept
 TEST_CASE("01: a stale segment without a semaphore set is reported, and --force replaces only it", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     write_file(chapter.key, "a key file the test made\n");
     key_t key = ::ftok(chapter.key.c_str(), sysv::kProjectId);
     REQUIRE(key != -1);
@@ -634,6 +639,7 @@ TEST_CASE("01: a stale segment without a semaphore set is reported, and --force 
 TEST_CASE("01: a key file that is not a writer's is used but never removed, by the writer or the reader", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     const std::string mine = "notes of mine\n";
     write_file(chapter.key, mine);
     {
@@ -665,6 +671,7 @@ TEST_CASE("01: a key file that is not a writer's is used but never removed, by t
 TEST_CASE("01: a symbolic link planted at the key path is refused, never followed, never removed", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     const std::string target = chapter.dir.file("target");
     SECTION("a link to an existing file") {
         write_file(target, "the target's own content\n");
@@ -702,6 +709,7 @@ TEST_CASE("01: another user's objects are refused, and that user cannot replace 
         SKIP_TEST("not root: cannot start a program as another user");
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     REQUIRE(::chmod(chapter.dir.path().c_str(), 0755) == 0); // the other user may stat the key file
     {
         ProcessGroup group;
@@ -749,6 +757,7 @@ TEST_CASE("01: another user's objects are refused, and that user cannot replace 
 TEST_CASE("01: a block length larger than the data area is refused", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         PlayedWriter writer(chapter.key);
         ProcessGroup group;
@@ -769,6 +778,7 @@ TEST_CASE("01: a writer that rewrites the header after the reader validated it c
           "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         PlayedWriter writer(chapter.key);
         ProcessGroup group;
@@ -792,6 +802,7 @@ TEST_CASE("01: a writer that rewrites the header after the reader validated it c
 TEST_CASE("01: a reader killed while the writer waits for input is noticed there, and all is removed", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;
+    leaks.watch_path(chapter.key);
     {
         ProcessGroup group;
         // --timeout 60 and stdin left open: only noticing the reader's death ends the writer.
@@ -810,5 +821,39 @@ TEST_CASE("01: a reader killed while the writer waits for input is noticed there
         CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
         CHECK_THAT(writer.err, contains("IPC_RMID) = 0 (cleaning up)"));
     }
+    require_nothing_left(leaks, chapter);
+}
+
+TEST_CASE("01: a half-made semaphore set (its writer died before its first semop) is stale, not running",
+          "[01]") {
+    LeakCheck leaks;
+    Chapter01 chapter;
+    leaks.watch_path(chapter.key);
+    write_file(chapter.key, "a key file the test made\n");
+    key_t key = ::ftok(chapter.key.c_str(), sysv::kProjectId);
+    REQUIRE(key != -1);
+    // semget without SETALL or semop: sem_otime stays 0, as a writer killed between the two leaves it.
+    int half_made = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
+    REQUIRE(half_made != -1);
+    {
+        ProcessGroup group;
+        Process& refused = group.start("writer", chapter.writer("5", {"refused"}));
+        group.wait(refused);
+        INFO("writer stderr:\n" << refused.err);
+        CHECK(refused.exit_code() == 1);
+        CHECK_THAT(refused.last_error_line(), contains("no writer is running there"));
+        CHECK(semaphore_set_exists(half_made));
+
+        Process& forced = group.start("writer --force", chapter.writer("10", {"--force", "replaced"}));
+        group.wait_for_stderr(forced, "waiting up to 10 s for a reader");
+        Process& reader = group.start("reader", chapter.reader("10"));
+        group.wait(forced);
+        group.wait(reader);
+        INFO("forced writer stderr:\n" << forced.err);
+        CHECK(reader.out == "replaced\n");
+        CHECK(forced.exit_code() == 0);
+        CHECK_FALSE(semaphore_set_exists(half_made));
+    }
+    REQUIRE(::unlink(chapter.key.c_str()) == 0);
     require_nothing_left(leaks, chapter);
 }
