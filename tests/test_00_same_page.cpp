@@ -1,7 +1,9 @@
 /// @file tests/test_00_same_page.cpp
 /// @brief Chapter 00 end to end: the bare program and same_page, run as processes; the texts
 ///        each process reads, and, where this test may see them, the physical frames.
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <sstream>
 #include <string>
@@ -214,4 +216,54 @@ TEST_CASE("00: --help prints the usage, and usage errors exit 2 with a pointer t
                         {same_page, "--bogus"},
                         {same_page, "extra"},
                         {same_page, "--timeout", "-1"}});
+}
+
+namespace {
+
+/// Starts same_page --pause and waits until both processes pause; returns the child's pid.
+pid_t start_paused(ProcessGroup& group, Process*& program) {
+    program = &group.start("same_page", command("00-same-page/same_page", {}, "10", {"--pause", "--quiet"}),
+                           Stdin::kPipe);
+    group.wait_for_stderr(*program, "press Enter");
+    int parent = 0, child = 0;
+    auto at = program->err.find("(parent pid ");
+    REQUIRE(at != std::string::npos);
+    REQUIRE(std::sscanf(program->err.c_str() + at, "(parent pid %d, child pid %d)", &parent, &child) == 2);
+    REQUIRE(parent == program->pid);
+    return child;
+}
+
+} // namespace
+
+TEST_CASE("00: a child killed while both pause is reported as killed, and reaped", "[00]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process* program = nullptr;
+        pid_t child = start_paused(group, program);
+        REQUIRE(::kill(child, SIGKILL) == 0);
+        group.close_stdin(*program); // end of the pause
+        group.wait(*program);
+        INFO("stderr:\n" << program->err);
+        CHECK(program->exit_code() == 1);
+        CHECK(program->last_error_line() == "same_page: the child was killed by signal 9 (Killed)");
+        CHECK_FALSE(group.any_member_alive());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("00: SIGTERM during the pause ends both processes cleanly", "[00]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process* program = nullptr;
+        start_paused(group, program);
+        group.signal(*program, SIGTERM);
+        group.wait(*program);
+        INFO("stderr:\n" << program->err);
+        CHECK(program->exit_code() == 1);
+        CHECK(contains_text(program->last_error_line(), "interrupted by SIGTERM"));
+        CHECK_FALSE(group.any_member_alive()); // the child did not outlive its parent
+    }
+    check_nothing_left(leaks);
 }
