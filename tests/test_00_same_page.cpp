@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -98,6 +99,22 @@ TEST_CASE("00: the bare program: the child's message arrives through the shared 
         CHECK_FALSE(group.any_member_alive()); // the child was reaped, not left running
     }
     check_nothing_left(leaks);
+}
+
+TEST_CASE("00: the notes quote the bare program whole, exactly as it is in the file", "[00]") {
+    auto text_of = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream content;
+        content << in.rdbuf();
+        return content.str();
+    };
+    const std::string chapter = std::string(SHMTUT_SOURCE_DIR) + "/00-same-page/";
+    const std::string notes = text_of(chapter + "README.md");
+    const std::string code = text_of(chapter + "hello.cpp");
+    REQUIRE_FALSE(notes.empty());
+    REQUIRE_FALSE(code.empty());
+    INFO("hello.cpp must appear whole in 00-same-page/README.md, in a ```cpp block");
+    CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
 }
 
 TEST_CASE("00: the parent reads the child's write in the shared page and keeps its own in the private page",
