@@ -233,13 +233,20 @@ struct Pipes {
     UniqueFd snapshot_read, snapshot_write; // child -> parent: its Snapshots
 
     static Pipes make(const Narrator& say) {
-        int down[2];
-        int up[2];
-        if (::pipe2(down, O_CLOEXEC) == -1 || ::pipe2(up, O_CLOEXEC) == -1)
+        Pipes pipes;
+        int ends[2];
+        if (::pipe2(ends, O_CLOEXEC) == -1)
             throw_errno("pipe2(O_CLOEXEC)");
-        say.say("pipe2() = [%d, %d] for commands, pipe2() = [%d, %d] for the child's reports", down[0], down[1],
-                up[0], up[1]);
-        return {UniqueFd(down[0]), UniqueFd(down[1]), UniqueFd(up[0]), UniqueFd(up[1])};
+        pipes.command_read.reset(ends[0]);
+        pipes.command_write.reset(ends[1]);
+        if (::pipe2(ends, O_CLOEXEC) == -1)
+            throw_errno("pipe2(O_CLOEXEC)");
+        pipes.snapshot_read.reset(ends[0]);
+        pipes.snapshot_write.reset(ends[1]);
+        say.say("pipe2() = [%d, %d] for commands, pipe2() = [%d, %d] for the child's reports",
+                pipes.command_read.get(), pipes.command_write.get(), pipes.snapshot_read.get(),
+                pipes.snapshot_write.get());
+        return pipes;
     }
 };
 
@@ -305,7 +312,10 @@ void reap(ChildOwner& child, const Options& options, const Narrator& say) {
     say.say("waitpid(%d) = %d: the child exited with status %d", child.pid, child.pid,
             WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     child.pid = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    if (WIFSIGNALED(status))
+        throw Failure("the child was killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+                      ::strsignal(WTERMSIG(status)) + ")");
+    if (WEXITSTATUS(status) != 0)
         throw Failure("the child failed: see its error line above");
 }
 

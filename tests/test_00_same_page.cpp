@@ -1,7 +1,10 @@
 /// @file tests/test_00_same_page.cpp
 /// @brief Chapter 00 end to end: the bare program and same_page, run as processes; the texts
 ///        each process reads, and, where this test may see them, the physical frames.
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -96,6 +99,22 @@ TEST_CASE("00: the bare program: the child's message arrives through the shared 
         CHECK_FALSE(group.any_member_alive()); // the child was reaped, not left running
     }
     check_nothing_left(leaks);
+}
+
+TEST_CASE("00: the notes quote the bare program whole, exactly as it is in the file", "[00]") {
+    auto text_of = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream content;
+        content << in.rdbuf();
+        return content.str();
+    };
+    const std::string chapter = std::string(SHMTUT_SOURCE_DIR) + "/00-same-page/";
+    const std::string notes = text_of(chapter + "README.md");
+    const std::string code = text_of(chapter + "hello.cpp");
+    REQUIRE_FALSE(notes.empty());
+    REQUIRE_FALSE(code.empty());
+    INFO("hello.cpp must appear whole in 00-same-page/README.md, in a ```cpp block");
+    CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
 }
 
 TEST_CASE("00: the parent reads the child's write in the shared page and keeps its own in the private page",
@@ -214,4 +233,54 @@ TEST_CASE("00: --help prints the usage, and usage errors exit 2 with a pointer t
                         {same_page, "--bogus"},
                         {same_page, "extra"},
                         {same_page, "--timeout", "-1"}});
+}
+
+namespace {
+
+/// Starts same_page --pause and waits until both processes pause; returns the child's pid.
+pid_t start_paused(ProcessGroup& group, Process*& program) {
+    program = &group.start("same_page", command("00-same-page/same_page", {}, "10", {"--pause", "--quiet"}),
+                           Stdin::kPipe);
+    group.wait_for_stderr(*program, "press Enter");
+    int parent = 0, child = 0;
+    auto at = program->err.find("(parent pid ");
+    REQUIRE(at != std::string::npos);
+    REQUIRE(std::sscanf(program->err.c_str() + at, "(parent pid %d, child pid %d)", &parent, &child) == 2);
+    REQUIRE(parent == program->pid);
+    return child;
+}
+
+} // namespace
+
+TEST_CASE("00: a child killed while both pause is reported as killed, and reaped", "[00]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process* program = nullptr;
+        pid_t child = start_paused(group, program);
+        REQUIRE(::kill(child, SIGKILL) == 0);
+        group.close_stdin(*program); // end of the pause
+        group.wait(*program);
+        INFO("stderr:\n" << program->err);
+        CHECK(program->exit_code() == 1);
+        CHECK(program->last_error_line() == "same_page: the child was killed by signal 9 (Killed)");
+        CHECK_FALSE(group.any_member_alive());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("00: SIGTERM during the pause ends both processes cleanly", "[00]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process* program = nullptr;
+        start_paused(group, program);
+        group.signal(*program, SIGTERM);
+        group.wait(*program);
+        INFO("stderr:\n" << program->err);
+        CHECK(program->exit_code() == 1);
+        CHECK(contains_text(program->last_error_line(), "interrupted by SIGTERM"));
+        CHECK_FALSE(group.any_member_alive()); // the child did not outlive its parent
+    }
+    check_nothing_left(leaks);
 }
