@@ -10,10 +10,13 @@
 SHELL := /bin/bash
 
 # Build on every core unless told otherwise (make -j1): the test target's recursive make shares
-# the same job slots through make's jobserver.
+# the same job slots through make's jobserver. Only for one goal at a time: with several
+# (make clean all), GNU make 4.3 would run the goals themselves at once.
 ifeq ($(MAKELEVEL),0)
 ifeq ($(filter -j%,$(MAKEFLAGS)),)
+ifeq ($(filter-out 0 1,$(words $(MAKECMDGOALS))),)
 MAKEFLAGS += -j$(shell nproc)
+endif
 endif
 endif
 
