@@ -2,8 +2,10 @@
 /// @brief Chapter 05: what both programs need to know about dma-buf: where the devices are, how
 ///        to say that this machine lacks them, and the CPU-access bracket `DMA_BUF_IOCTL_SYNC`.
 ///
-/// The socket protocol is chapter 04's, reused as it is (`04-fd-passing/protocol.hpp`): a HELLO
-/// carrying one descriptor, now a dma-buf, then BLOCK / CONSUMED / END.
+/// The socket protocol is chapter 04's, byte for byte (its notes have the table), so that a
+/// chapter 04 writer and a chapter 05 reader can talk: the reader asks (HELLO), the writer
+/// answers MEMORY with one descriptor, now a dma-buf, then BLOCK / CONSUMED per block and END /
+/// CONSUMED. The socket calls themselves come from `common/fdpass.hpp`, which chapter 04 taught.
 #pragma once
 
 #include <cerrno>
@@ -16,8 +18,42 @@
 #include <unistd.h>
 
 #include "error.hpp"
+#include "wait.hpp"
 
 namespace dmabuf {
+
+/// Chapter 04's 16-byte message: "SHM4", version 2, a type, a length.
+struct Message {
+    std::uint32_t magic;   ///< kMagic
+    std::uint16_t version; ///< kProtocolVersion
+    std::uint16_t type;    ///< a Type
+    std::uint64_t length;  ///< BLOCK: bytes in the data area
+};
+static_assert(sizeof(Message) == 16, "the wire format is 16 bytes");
+/// "SHM4" in memory.
+inline constexpr std::uint32_t kMagic = 0x344d4853;
+/// Chapter 04's protocol version.
+inline constexpr std::uint16_t kProtocolVersion = 2;
+/// Message types, as in chapter 04.
+enum Type : std::uint16_t { kHello = 1, kMemory = 2, kBlock = 3, kEnd = 4, kConsumed = 5, kBusy = 6 };
+
+/// A message of this protocol.
+inline Message make_message(Type type, std::uint64_t length = 0) {
+    return Message{kMagic, kProtocolVersion, type, length};
+}
+
+/// What is wrong with a received message, or "" when its magic and version are right and its
+/// type is `expected`.
+inline std::string message_problem(const Message& message, Type expected) {
+    if (message.magic != kMagic)
+        return "it does not start with SHM4 (not this protocol)";
+    if (message.version != kProtocolVersion)
+        return "protocol version " + std::to_string(message.version) + ", this program speaks version " +
+               std::to_string(kProtocolVersion);
+    if (message.type != expected)
+        return "type " + std::to_string(message.type) + ", expected " + std::to_string(expected);
+    return "";
+}
 
 /// The system heap's device (CONFIG_DMABUF_HEAPS_SYSTEM, Linux 5.6).
 inline constexpr const char* kSystemHeap = "/dev/dma_heap/system";

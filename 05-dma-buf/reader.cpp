@@ -6,12 +6,13 @@
 /// Usage: `reader [--name PATH|@NAME] [--timeout SECONDS] [--quiet]`
 ///
 /// The calls it teaches: chapter 04's `connect`, `SO_PEERCRED` and `recvmsg` with all its
-/// checks; `fstatfs(2)` and `f_type == DMA_BUF_MAGIC` (ioctl numbers belong to each driver, so
+/// checks (from `common/fdpass.hpp`, bounded by `--timeout`); `fstatfs(2)` and `f_type == DMA_BUF_MAGIC` (ioctl numbers belong to each driver, so
 /// asking an unknown file an ioctl proves nothing and may do something); `lseek(SEEK_END)` for its
 /// size; `mmap`; `ioctl(DMA_BUF_IOCTL_SYNC, START|READ)` and `END|READ` around each read.
 #include <cerrno>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <linux/dma-buf.h>
 #include <linux/magic.h>
@@ -19,9 +20,9 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include "../04-fd-passing/protocol.hpp"
 #include "dmabuf.hpp"
 #include "error.hpp"
+#include "fdpass.hpp"
 #include "layout.hpp"
 #include "narrate.hpp"
 #include "options.hpp"
@@ -71,31 +72,62 @@ std::uint64_t check_dmabuf(int fd, const Narrator& say) {
     return static_cast<std::uint64_t>(size);
 }
 
+/// Sends one message; a closed connection is the writer's death.
+void send_message(int connection, dmabuf::Type type) {
+    dmabuf::Message message = dmabuf::make_message(type);
+    send_with_fds(connection, &message, sizeof message, {}, type == dmabuf::kHello ? "send(HELLO)" : "send(CONSUMED)");
+}
+
 int run(const Options& options) {
     Narrator say("reader", options.quiet);
     install_stop_handlers();
     dmabuf::require_some_device();
     Deadline deadline(options.timeout_seconds);
 
-    UniqueFd connection = fdpass::connect_to_writer(options.name, deadline, "build/05-dma-buf/writer", say);
-    pid_t writer_pid = fdpass::check_writer(connection.get(), say);
+    UniqueFd connection = connect_unix(options.name, deadline, "is the writer running? start it first", [&] {
+        say.say("waiting up to %s for a writer: start build/05-dma-buf/writer", seconds_text(deadline.seconds()).c_str());
+    });
+    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", connection.get(),
+            options.name.c_str());
+    ucred writer = peer_credentials(connection.get());
+    if (writer.uid != ::geteuid())
+        throw Failure("the process listening there (pid " + std::to_string(writer.pid) + ") belongs to uid " +
+                      std::to_string(writer.uid) + ", not to this user: refusing it");
+    say.say("getsockopt(SO_PEERCRED): pid=%d uid=%u gid=%u, the same user", writer.pid, writer.uid, writer.gid);
+    const pid_t writer_pid = writer.pid;
+
     UniqueFd buffer;
     try {
-        buffer = fdpass::receive_descriptor(connection.get(), deadline);
-    } catch (const fdpass::PeerClosed& e) {
-        fdpass::remove_stale_socket(options.name, say);
-        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the stream started (" + e.what() +
-                      ")");
+        send_message(connection.get(), dmabuf::kHello);
+        dmabuf::Message answer{};
+        std::vector<UniqueFd> received;
+        try {
+            received = receive_with_fds(connection.get(), &answer, sizeof answer, 1, "the memory", &deadline);
+        } catch (const Failure& e) {
+            // A BUSY carries no descriptor: say what it means rather than "0 descriptors".
+            if (answer.magic == dmabuf::kMagic && answer.type == dmabuf::kBusy && dynamic_cast<const PeerClosed*>(&e) == nullptr)
+                throw Failure("another reader is already being served by this writer: one writer serves one reader");
+            throw;
+        }
+        if (std::string problem = dmabuf::message_problem(answer, dmabuf::kMemory); !problem.empty())
+            throw Failure("refused the memory: " + problem);
+        buffer = std::move(received.front());
+    } catch (const PeerClosed& e) {
+        remove_if_stale(options.name, say);
+        throw Failure("the writer (pid " + std::to_string(writer_pid) + ") closed the connection without sending the "
+                      "memory: it died, or it is not a writer (" + e.what() + ")");
     }
-    say.say("recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: HELLO, 1 descriptor: fd %d", connection.get(), buffer.get());
+    say.say("send(HELLO); recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: MEMORY, 1 descriptor: fd %d", connection.get(),
+            buffer.get());
     std::uint64_t size = check_dmabuf(buffer.get(), say);
 
+    const std::string mmap_call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ, MAP_SHARED, fd=" +
+                                  std::to_string(buffer.get()) + ", 0)";
     void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, buffer.get(), 0);
     if (base == MAP_FAILED)
-        throw_errno("mmap(dma-buf, PROT_READ, MAP_SHARED)");
+        throw_errno(mmap_call);
     Mapping mapping(base, size);
-    say.say("mmap(NULL, %llu, PROT_READ, MAP_SHARED, fd=%d, 0) = %p", static_cast<unsigned long long>(size),
-            buffer.get(), base);
+    say.say("%s = %p", mmap_call.c_str(), base);
 
     dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ, "START|READ");
     HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
@@ -111,30 +143,31 @@ int run(const Options& options) {
     std::uint64_t blocks = 0, total = 0;
     try {
         for (;;) {
-            fdpass::Message message = fdpass::receive_message(connection.get(), nullptr, "the next message");
-            if (message.type == fdpass::kEnd) {
-                fdpass::send_message(connection.get(), fdpass::kConsumed);
+            dmabuf::Message message{};
+            receive_with_fds(connection.get(), &message, sizeof message, 0, "the next message");
+            if (dmabuf::message_problem(message, dmabuf::kEnd).empty()) {
+                send_message(connection.get(), dmabuf::kConsumed);
                 say.say("recv(END); send(CONSUMED): %llu bytes in %llu block(s), confirmed",
                         static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks));
                 return kExitSuccess;
             }
-            if (message.type != fdpass::kBlock)
-                throw Failure(std::string("refused: unexpected ") + fdpass::type_name(message.type) + " message");
-            if (message.length > capacity)
-                throw LayoutError("block refused: length " + std::to_string(message.length) + " exceeds the data capacity " +
-                                  std::to_string(capacity));
+            if (std::string problem = dmabuf::message_problem(message, dmabuf::kBlock); !problem.empty())
+                throw Failure("refused the next message: " + problem);
+            if (message.length > capacity) // our own copy: checked once, then used
+                throw LayoutError("block refused: length " + std::to_string(message.length) +
+                                  " exceeds the data capacity " + std::to_string(capacity));
             dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ, "START|READ");
             write_all(STDOUT_FILENO, data_area(base), message.length);
             dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ, "END|READ");
-            fdpass::send_message(connection.get(), fdpass::kConsumed);
+            send_message(connection.get(), dmabuf::kConsumed);
             total += message.length;
             if (++blocks == 1)
                 say.say("recv(BLOCK, %llu bytes); SYNC START|READ, written out, SYNC END|READ; send(CONSUMED) (further "
                         "blocks quietly)",
                         static_cast<unsigned long long>(message.length));
         }
-    } catch (const fdpass::PeerClosed& e) { // a refusal of what arrived is not a death
-        fdpass::remove_stale_socket(options.name, say);
+    } catch (const PeerClosed& e) { // a refusal of what arrived is not a death
+        remove_if_stale(options.name, say);
         throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
                       e.what() + ")");
     }
@@ -152,7 +185,7 @@ int main(int argc, char** argv) {
         if (options.help)
             return static_cast<int>(kExitSuccess);
         sockaddr_un check{};
-        fdpass::make_address(options.name, check);
+        unix_address(options.name, check);
         return run(options);
     });
 }

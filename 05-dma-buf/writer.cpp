@@ -14,23 +14,26 @@
 /// The calls it teaches: `open("/dev/dma_heap/system")` and `ioctl(DMA_HEAP_IOCTL_ALLOC)`; or
 /// `memfd_create` + `F_SEAL_SHRINK`, `open("/dev/udmabuf")` and `ioctl(UDMABUF_CREATE)`;
 /// `ioctl(DMA_BUF_SET_NAME)`; `mmap` of the dma-buf; `ioctl(DMA_BUF_IOCTL_SYNC)` around each CPU
-/// write; chapter 04's `sendmsg` with `SCM_RIGHTS`.
+/// write; chapter 04's socket calls and `sendmsg` with `SCM_RIGHTS`, from `common/fdpass.hpp`.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-heap.h>
 #include <linux/udmabuf.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include "../04-fd-passing/protocol.hpp"
 #include "dmabuf.hpp"
 #include "error.hpp"
+#include "fdpass.hpp"
 #include "layout.hpp"
 #include "narrate.hpp"
 #include "options.hpp"
@@ -57,7 +60,7 @@ Options:
   --name PATH|@NAME  the socket (default /tmp/shm-tutorial-05.sock)
   --timeout SECONDS  how long to wait for a reader to connect, and for its confirmation
                      (default 60)
-  --force            replace a socket file left by a crashed run
+  --force            replace a socket file left by a crashed run (never a live writer's)
   --quiet            no narration on standard error
   --help             show this help
 
@@ -109,6 +112,52 @@ UniqueFd create_udmabuf(std::size_t size, const Narrator& say) {
     return UniqueFd(fd); // the dma-buf holds the memfd's pages; our memfd descriptor can go
 }
 
+/// Answers every client that asks meanwhile with BUSY (one writer serves one reader).
+void refuse_asking(int listener, Callers& callers, const Narrator& say) {
+    callers.accept_waiting(listener);
+    while (UniqueFd other = callers.take_asking()) {
+        dmabuf::Message busy = dmabuf::make_message(dmabuf::kBusy);
+        ssize_t sent = ::send(other.get(), &busy, sizeof busy, MSG_NOSIGNAL | MSG_DONTWAIT);
+        say.say("send(fd=%d, BUSY) = %zd: one writer serves one reader; closed it", other.get(), sent);
+    }
+}
+
+/// Waits for the reader's CONSUMED (no descriptor with it), answering other clients meanwhile;
+/// end of file means the reader died. `deadline` (may be null) bounds the wait.
+void wait_consumed(int reader, int listener, Callers& callers, const Deadline* deadline, const Narrator& say) {
+    for (;;) {
+        throw_if_stopped();
+        std::vector<pollfd> entries{{reader, POLLIN, 0}, {listener, POLLIN, 0}};
+        callers.add_to(entries);
+        if (::poll(entries.data(), entries.size(), static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count())) == -1 &&
+            errno != EINTR)
+            throw_errno("poll");
+        refuse_asking(listener, callers, say);
+        if (entries[0].revents != 0)
+            break;
+        if (deadline != nullptr && deadline->expired())
+            throw Failure("the reader did not confirm within " + seconds_text(deadline->seconds()));
+    }
+    dmabuf::Message reply{};
+    try {
+        receive_with_fds(reader, &reply, sizeof reply, 0, "the reader's CONSUMED", deadline);
+    } catch (const PeerClosed& e) {
+        throw Failure(std::string("the reader died before the end of the stream (") + e.what() + ")");
+    }
+    if (std::string problem = dmabuf::message_problem(reply, dmabuf::kConsumed); !problem.empty())
+        throw Failure("the reader's reply is refused: " + problem);
+}
+
+/// Sends one message without a descriptor; a closed connection is the reader's death.
+void send_message(int reader, dmabuf::Type type, std::uint64_t length = 0) {
+    dmabuf::Message message = dmabuf::make_message(type, length);
+    try {
+        send_with_fds(reader, &message, sizeof message, {}, type == dmabuf::kBlock ? "send(BLOCK)" : "send(END)");
+    } catch (const PeerClosed& e) {
+        throw Failure(std::string("the reader died (") + e.what() + ")");
+    }
+}
+
 int run(const Options& options, bool use_udmabuf) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
@@ -123,57 +172,83 @@ int run(const Options& options, bool use_udmabuf) {
     if (::ioctl(buffer.get(), DMA_BUF_SET_NAME_B, "shm-tutorial-05") == 0)
         say.say("ioctl(DMA_BUF_SET_NAME, \"shm-tutorial-05\") = 0");
 
+    const std::string mmap_call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
+                                  std::to_string(buffer.get()) + ", 0)";
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, buffer.get(), 0);
     if (base == MAP_FAILED)
-        throw_errno("mmap(dma-buf, PROT_READ|PROT_WRITE, MAP_SHARED)");
+        throw_errno(mmap_call);
     Mapping mapping(base, size);
-    say.say("mmap(NULL, %zu, PROT_READ|PROT_WRITE, MAP_SHARED, fd=%d, 0) = %p", size, buffer.get(), base);
+    say.say("%s = %p", mmap_call.c_str(), base);
 
     dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE, "START|WRITE");
     publish_header(*construct_header(base), capacity, static_cast<std::uint32_t>(::getpid()), 0);
     dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE, "END|WRITE");
     say.say("ioctl(DMA_BUF_IOCTL_SYNC, START|WRITE), header written, ioctl(DMA_BUF_IOCTL_SYNC, END|WRITE)");
 
-    fdpass::SocketFile file(say);
-    UniqueFd listener = fdpass::listen_on(options.name, options.force, file, say);
-    UniqueFd connection =
-        fdpass::accept_reader(listener.get(), options, dmabuf::kDefaultName, "build/05-dma-buf/reader", say);
-    fdpass::send_descriptor(connection.get(), fdpass::Message{fdpass::kMagic, fdpass::kHello, 0}, buffer.get());
-    say.say("sendmsg(fd=%d, HELLO + SCM_RIGHTS [%d]) = 16: the dma-buf is on its way", connection.get(), buffer.get());
+    SocketFile file(say);
+    UniqueFd listener = listen_unix(options.name, options.force, 8, file, say);
+    say.say("socket, bind(\"%s\")%s, listen = 0 (fd %d)", options.name.c_str(),
+            is_abstract(options.name) ? " (abstract: no file)" : " (file mode 0600)", listener.get());
+    Callers callers(say, sizeof(dmabuf::Message), [](const std::vector<char>& request) {
+        dmabuf::Message hello;
+        std::memcpy(&hello, request.data(), sizeof hello);
+        std::string problem = dmabuf::message_problem(hello, dmabuf::kHello);
+        return problem.empty() ? problem : "sent a first message that is not HELLO: " + problem;
+    });
+    const bool default_name = options.name == dmabuf::kDefaultName;
+    say.say("waiting up to %s for a reader: start build/05-dma-buf/reader%s%s", seconds_text(options.timeout_seconds).c_str(),
+            default_name ? "" : " --name ", default_name ? "" : options.name.c_str());
+    UniqueFd reader = wait_for_asking_client(listener.get(), callers, Deadline(options.timeout_seconds));
+    if (!reader)
+        throw Failure("no reader asked within " + seconds_text(options.timeout_seconds) +
+                      ": start the reader while the writer waits, or give the writer a longer --timeout");
+    dmabuf::Message memory_message = dmabuf::make_message(dmabuf::kMemory);
+    try {
+        send_with_fds(reader.get(), &memory_message, sizeof memory_message, {buffer.get()}, "sendmsg(MEMORY)");
+    } catch (const PeerClosed& e) {
+        throw Failure(std::string("the reader died (") + e.what() + ")");
+    }
+    say.say("sendmsg(fd=%d, MEMORY + SCM_RIGHTS [%d]) = 16: the dma-buf is on its way", reader.get(), buffer.get());
 
     Input input(options.operands);
     std::uint8_t* data = data_area(base);
     std::uint64_t blocks = 0, total = 0;
-    const int conn = connection.get(), listen_fd = listener.get();
+    const std::vector<int> watched = {reader.get(), listener.get()};
+    auto reader_alive = [&] {
+        refuse_asking(listener.get(), callers, say);
+        pollfd entry{reader.get(), POLLIN | POLLRDHUP, 0};
+        if (::poll(&entry, 1, 0) != 1)
+            return true;
+        if ((entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
+            return false;
+        throw Failure("the reader sent something out of turn (while no block was pending): refusing it");
+    };
     for (;;) {
         dmabuf::sync(buffer.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE, "START|WRITE");
-        std::size_t length = input.next(data, capacity, [&] {
-            fdpass::refuse_others(listen_fd, say);
-            pollfd entry{conn, POLLIN | POLLRDHUP, 0};
-            return !(::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0);
-        });
+        std::size_t length = input.next(data, capacity, reader_alive, watched);
         dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE, "END|WRITE");
         if (length == 0)
             break;
-        fdpass::send_message(conn, fdpass::kBlock, length);
+        send_message(reader.get(), dmabuf::kBlock, length);
         if (++blocks == 1)
             say.say("SYNC START|WRITE, block 1 written (%zu bytes), SYNC END|WRITE, send(BLOCK) (further blocks "
                     "quietly)",
                     length);
         total += length;
-        fdpass::wait_consumed(conn, listen_fd, nullptr, say);
+        wait_consumed(reader.get(), listener.get(), callers, nullptr, say);
     }
-    fdpass::send_message(conn, fdpass::kEnd);
+    send_message(reader.get(), dmabuf::kEnd);
     say.say("%llu bytes sent in %llu block(s); send(END); waiting up to %s for the reader to confirm",
             static_cast<unsigned long long>(total), static_cast<unsigned long long>(blocks),
             seconds_text(options.timeout_seconds).c_str());
     Deadline deadline(options.timeout_seconds);
-    fdpass::wait_consumed(conn, listen_fd, &deadline, say);
+    wait_consumed(reader.get(), listener.get(), callers, &deadline, say);
     say.say("the reader confirmed the end of the stream");
     if (!file.path.empty()) {
+        const std::string unlink_call = "unlink(\"" + file.path + "\")";
         if (::unlink(file.path.c_str()) == -1)
-            throw_errno("unlink(\"" + file.path + "\")");
-        say.say("unlink(\"%s\") = 0", file.path.c_str());
+            throw_errno(unlink_call);
+        say.say("%s = 0", unlink_call.c_str());
         file.path.clear();
     }
     return kExitSuccess;
@@ -195,7 +270,7 @@ int main(int argc, char** argv) {
         if (options.help)
             return static_cast<int>(kExitSuccess);
         sockaddr_un check{};
-        fdpass::make_address(options.name, check);
+        unix_address(options.name, check); // a usage error if it does not fit
         options.force = force;
         return run(options, use_udmabuf);
     });

@@ -19,26 +19,31 @@ Input::Input(const std::vector<std::string>& messages) : from_stdin_(messages.em
         messages_ += message + '\n';
 }
 
-std::size_t Input::next(std::uint8_t* destination, std::size_t capacity, const std::function<bool()>& reader_alive) {
+std::size_t Input::next(std::uint8_t* destination, std::size_t capacity, const std::function<bool()>& reader_alive,
+                        const std::vector<int>& watched) {
     if (!from_stdin_) {
         std::size_t n = std::min(capacity, messages_.size() - offset_);
         std::memcpy(destination, messages_.data() + offset_, n);
         offset_ += n;
         return n;
     }
+    std::vector<pollfd> entries{{STDIN_FILENO, POLLIN, 0}};
+    for (int fd : watched)
+        entries.push_back({fd, POLLIN, 0});
     for (;;) {
         throw_if_stopped();
-        pollfd input{STDIN_FILENO, POLLIN, 0};
-        int ready = ::poll(&input, 1, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
+        int ready = ::poll(entries.data(), entries.size(),
+                           static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
         if (ready == -1 && errno != EINTR)
             throw_errno("poll(stdin)");
-        if (ready == 1) {
+        if (ready > 0 && entries[0].revents != 0) {
             ssize_t n = ::read(STDIN_FILENO, destination, capacity);
             if (n >= 0)
                 return static_cast<std::size_t>(n);
             if (errno != EINTR && errno != EAGAIN)
                 throw_errno("read(stdin)");
         }
+        // Every second, and at once when a watched descriptor is ready.
         if (!reader_alive())
             throw Failure("the reader died while the writer waited for input; cleaned up");
     }

@@ -29,7 +29,14 @@ public:
     /// person at a keyboard) it calls `reader_alive` every second and throws Failure when it
     /// returns false, so a writer waiting for input still notices a dead reader; SIGINT/SIGTERM
     /// throw Interrupted.
-    std::size_t next(std::uint8_t* destination, std::size_t capacity, const std::function<bool()>& reader_alive);
+    ///
+    /// `watched` are more descriptors to poll(2) together with standard input (a socket to the
+    /// reader, a listener): when one of them is ready, `reader_alive` is called at once rather
+    /// than at the next second, so a writer that talks to its reader over a socket sees the
+    /// reader's death (end of file on the connection) as it happens. `reader_alive` must consume
+    /// what made a watched descriptor ready, or throw.
+    std::size_t next(std::uint8_t* destination, std::size_t capacity, const std::function<bool()>& reader_alive,
+                     const std::vector<int>& watched = {});
 
 private:
     std::string messages_;
