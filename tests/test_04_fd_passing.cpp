@@ -737,3 +737,22 @@ TEST_CASE("04: a client of another user is closed by the writer, which keeps wai
     }
     check_nothing_left(leaks);
 }
+
+TEST_CASE("04 step 1: the bare pair carries its message and leaves nothing behind", "[04]") {
+    LeakCheck leaks;
+    Chapter04 chapter;
+    {
+        ProcessGroup group(std::chrono::seconds(30));
+        Process& writer = group.start("hello_writer", {binary("04-fd-passing/hello_writer"), chapter.name});
+        group.wait_for_stderr(writer, "listening on");
+        Process& reader = group.start("hello_reader", {binary("04-fd-passing/hello_reader"), chapter.name});
+        group.wait(writer);
+        group.wait(reader);
+        INFO("writer: " << writer.err << "reader: " << reader.err);
+        CHECK(reader.out == "hello, descriptor\n");
+        CHECK(writer.exit_code() == 0);
+        CHECK(reader.exit_code() == 0);
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}

@@ -1,0 +1,44 @@
+// hello_reader.cpp: chapter 04, step 1. Connects to hello_writer's Unix socket, receives the
+// writer's memfd (SCM_RIGHTS), maps it and prints the message in it.
+// Not robust (step 2, reader.cpp, adds each): started before the writer, connect fails at once
+// (ENOENT); it trusts the descriptor (no MSG_CTRUNC check, no count, no seals: the writer could
+// shrink the memfd and this reader would die of SIGBUS); it does not check who listens
+// (SO_PEERCRED); a writer that accepts and says nothing makes recvmsg wait for ever.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static void die(const char* call) { perror(call); exit(1); }
+
+int main(int argc, char** argv) {
+    const char* path = argc > 1 ? argv[1] : "/tmp/shm-tutorial-04-hello.sock";
+    int connection = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connection == -1) die("socket");
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    strncpy(address.sun_path, path, sizeof address.sun_path - 1);
+    if (connect(connection, reinterpret_cast<sockaddr*>(&address), sizeof address) == -1) die("connect");
+
+    char byte;
+    iovec data{&byte, 1};
+    union { char buffer[CMSG_SPACE(sizeof(int))]; cmsghdr align; } control{}; // room for one descriptor
+    msghdr message{};
+    message.msg_iov = &data;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof control.buffer;
+    if (recvmsg(connection, &message, MSG_CMSG_CLOEXEC) != 1) die("recvmsg");
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
+    if (cmsg == nullptr || cmsg->cmsg_type != SCM_RIGHTS) { fprintf(stderr, "no descriptor came\n"); return 1; }
+    int memfd;
+    memcpy(&memfd, CMSG_DATA(cmsg), sizeof memfd); // a new number in this process, the same memfd
+
+    void* memory = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, memfd, 0);
+    if (memory == MAP_FAILED) die("mmap");
+    fputs(static_cast<const char*>(memory), stdout);
+    return 0;
+}
