@@ -39,8 +39,8 @@ inline bool is_abstract(const std::string& name) {
     return !name.empty() && name[0] == '@';
 }
 
-/// Fills `address` for a socket path, or for `@NAME` in the abstract namespace: `sun_path[0]` is
-/// `'\0'`, there is no file, the name is gone with the last socket, and there are no file
+/// Fills `address` for a socket path, or for `@NAME` in the abstract namespace: the first byte of
+/// `sun_path` is zero, there is no file, the name is gone with the last socket, and there are no file
 /// permissions either (anyone may connect: both sides check SO_PEERCRED). Returns the length to
 /// pass to `bind` and `connect`: a path's includes its terminating zero, an abstract name's is
 /// exact. Throws UsageError when the name does not fit in `sun_path` (107 bytes).

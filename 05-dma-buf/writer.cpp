@@ -187,8 +187,9 @@ int run(const Options& options, bool use_udmabuf) {
 
     SocketFile file(say);
     UniqueFd listener = listen_unix(options.name, options.force, 8, file, say);
-    say.say("socket, bind(\"%s\")%s, listen = 0 (fd %d)", options.name.c_str(),
-            is_abstract(options.name) ? " (abstract: no file)" : " (file mode 0600)", listener.get());
+    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, bind(\"%s\")%s, listen(%d, 8) = 0",
+            listener.get(), options.name.c_str(), is_abstract(options.name) ? " (abstract: no file)" : " (file mode 0600)",
+            listener.get());
     Callers callers(say, sizeof(dmabuf::Message), [](const std::vector<char>& request) {
         dmabuf::Message hello;
         std::memcpy(&hello, request.data(), sizeof hello);

@@ -44,8 +44,8 @@ public:
     using Failure::Failure;
 };
 
-/// Fills `address` for a socket path, or for `@name` in the abstract namespace (`sun_path[0]`
-/// is `'\0'`: no file, gone with the last socket, and no file permissions: check the peer with
+/// Fills `address` for a socket path, or for `@name` in the abstract namespace (the first byte
+/// of `sun_path` is zero: no file, gone with the last socket, and no file permissions: check the peer with
 /// peer_credentials()). Returns the length to pass to `bind`/`connect`. Throws UsageError when
 /// the name does not fit in `sun_path` (107 bytes).
 socklen_t unix_address(const std::string& name, sockaddr_un& address);
