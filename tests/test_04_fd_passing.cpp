@@ -741,6 +741,7 @@ TEST_CASE("04: a client of another user is closed by the writer, which keeps wai
 TEST_CASE("04 step 1: the bare pair carries its message and leaves nothing behind", "[04]") {
     LeakCheck leaks;
     Chapter04 chapter;
+    leaks.watch_path(chapter.name);
     {
         ProcessGroup group(std::chrono::seconds(30));
         Process& writer = group.start("hello_writer", {binary("04-fd-passing/hello_writer"), chapter.name});

@@ -100,6 +100,7 @@ TEST_CASE("05 step 1: the bare pair carries its message, or its writer exits 77 
     LeakCheck leaks;
     TempDir dir;
     const std::string socket_path = dir.file("hello.sock");
+    leaks.watch_path(socket_path);
     bool skipped = false;
     {
         ProcessGroup group(std::chrono::seconds(30));
