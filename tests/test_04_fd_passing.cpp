@@ -757,3 +757,30 @@ TEST_CASE("04 step 1: the bare pair carries its message and leaves nothing behin
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
 }
+
+TEST_CASE("04 step 1: the bare reader started before its writer fails at once (step 2's reader waits)", "[04]") {
+    LeakCheck leaks;
+    Chapter04 chapter;
+    leaks.watch_path(chapter.name);
+    {
+        ProcessGroup group;
+        Process& reader = group.start("hello_reader", {binary("04-fd-passing/hello_reader"), chapter.name});
+        group.wait(reader);
+        CHECK(reader.exit_code() == 1);
+        CHECK(reader.err == "connect: No such file or directory\n");
+        CHECK(reader.out.empty());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("04: the notes quote the bare pair exactly as it is in the files", "[04]") {
+    const std::string source = SHMTUT_SOURCE_DIR;
+    const std::string notes = read_file(source + "/04-fd-passing/README.md");
+    REQUIRE_FALSE(notes.empty());
+    for (const char* program : {"hello_writer.cpp", "hello_reader.cpp"}) {
+        const std::string code = read_file(source + "/04-fd-passing/" + program);
+        INFO(program << " must appear whole in 04-fd-passing/README.md, in a ```cpp block");
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
+}

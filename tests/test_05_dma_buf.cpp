@@ -2,6 +2,8 @@
 /// @brief Chapter 05 on this machine: where the kernel has no dma-buf devices, both programs must
 ///        say so and exit 77; where it has them, the pair must work. The full run, on a kernel
 ///        that has both devices, is `make vm-05` (which CI runs).
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -127,4 +129,22 @@ TEST_CASE("05 step 1: the bare pair carries its message, or its writer exits 77 
     if (skipped)
         SKIP_TEST("no usable /dev/dma_heap/system or /dev/udmabuf here (the writer exited 77, as it must); make vm-05 "
                   "runs the bare pair in a virtual machine");
+}
+
+TEST_CASE("05: the notes quote the bare pair exactly as it is in the files", "[05]") {
+    auto read_file = [](const std::string& path) {
+        std::ifstream in(path);
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    };
+    const std::string source = SHMTUT_SOURCE_DIR;
+    const std::string notes = read_file(source + "/05-dma-buf/README.md");
+    REQUIRE_FALSE(notes.empty());
+    for (const char* program : {"hello_writer.cpp", "hello_reader.cpp"}) {
+        const std::string code = read_file(source + "/05-dma-buf/" + program);
+        INFO(program << " must appear whole in 05-dma-buf/README.md, in a ```cpp block");
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
 }
