@@ -560,6 +560,13 @@ TEST_CASE("04 hostile writer: every wrong hand-over is refused, exit 1, no descr
 TEST_CASE("04 hostile writer: a reader at its RLIMIT_NOFILE refuses the dropped descriptor", "[04][hostile]") {
     if (::access("/usr/bin/prlimit", X_OK) != 0)
         SKIP_TEST("prlimit (util-linux) is not installed");
+#if defined(__SANITIZE_ADDRESS__)
+    // The sanitizer runtime opens a pipe (two descriptors) to check memory before it reports,
+    // and a process at its descriptor limit has one slot free at most: UBSan then reports a
+    // false "invalid vptr". make test runs this case.
+    SKIP_TEST("under the sanitizers a program at its RLIMIT_NOFILE cannot run the sanitizer runtime; make test runs "
+              "this case");
+#endif
     LeakCheck leaks;
     Chapter04 chapter;
     leaks.watch_path(chapter.name);
