@@ -791,3 +791,43 @@ TEST_CASE("04: the notes quote the bare pair exactly as it is in the files", "[0
         CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
     }
 }
+
+TEST_CASE("04: a Python peer written from the notes' protocol table reads from the writer", "[04]") {
+    if (::access("/usr/bin/python3", X_OK) != 0)
+        SKIP_TEST("/usr/bin/python3 is not installed");
+    LeakCheck leaks;
+    Chapter04 chapter;
+    leaks.watch_path(chapter.name);
+    // The table in 04-fd-passing/README.md, and nothing else: "<4sHHQ", HELLO=1, MEMORY=2,
+    // BLOCK=3, END=4, CONSUMED=5; the data area at offset 256.
+    const std::string peer = R"(
+import mmap, socket, struct, sys
+def message(kind): return struct.pack("<4sHHQ", b"SHM4", 2, kind, 0)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(message(1))
+data, fds, flags, _ = socket.recv_fds(s, 16, 1)
+assert struct.unpack("<4sHHQ", data)[:3] == (b"SHM4", 2, 2) and len(fds) == 1, "no MEMORY"
+memory = mmap.mmap(fds[0], 0, prot=mmap.PROT_READ)
+while True:
+    magic, version, kind, length = struct.unpack("<4sHHQ", s.recv(16, socket.MSG_WAITALL))
+    if kind == 3:
+        sys.stdout.buffer.write(memory[256:256 + length])
+    s.sendall(message(5))
+    if kind == 4:
+        break
+)";
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("20", {"from C++", "to Python"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        Process& reader = group.start("python reader", {"/usr/bin/python3", "-c", peer, chapter.name});
+        group.wait(reader);
+        group.wait(writer);
+        INFO("python stderr:\n" << reader.err << "writer stderr:\n" << writer.err);
+        CHECK(reader.out == "from C++\nto Python\n");
+        CHECK(reader.exit_code() == 0);
+        CHECK(writer.exit_code() == 0);
+    }
+    check_nothing_left(leaks);
+}

@@ -7,9 +7,14 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "catch.hpp"
+#include "fdpass.hpp"
 #include "support.hpp"
 
 using namespace testsupport;
@@ -147,4 +152,158 @@ TEST_CASE("05: the notes quote the bare pair exactly as it is in the files", "[0
         REQUIRE_FALSE(code.empty());
         CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
     }
+}
+
+// common/fdpass: chapter 04's calls as chapter 05 (and later chapters) take them. They need no
+// dma-buf device, so they are tested here on any machine.
+
+namespace {
+
+/// A descriptor to pass around: a small memfd.
+shmtut::UniqueFd small_memfd() {
+    shmtut::UniqueFd fd(::memfd_create("fdpass-test", MFD_CLOEXEC));
+    REQUIRE(fd);
+    return fd;
+}
+
+/// What receive_with_fds() says about `fds` sent with 16 bytes, when it expects exactly one.
+std::string receive_one_of(const std::vector<int>& fds, bool split = false) {
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    shmtut::UniqueFd sender(pair[0]), receiver(pair[1]);
+    const char data[16] = "fifteen bytes..";
+    if (split) { // 8 bytes with the descriptors, then 8 more with them again
+        shmtut::send_with_fds(sender.get(), data, 8, fds, "first half");
+        shmtut::send_with_fds(sender.get(), data + 8, 8, fds, "second half");
+    } else {
+        shmtut::send_with_fds(sender.get(), data, sizeof data, fds, "message");
+    }
+    char got[16] = {};
+    try {
+        shmtut::Deadline deadline(5);
+        std::vector<shmtut::UniqueFd> received =
+            shmtut::receive_with_fds(receiver.get(), got, sizeof got, 1, "the message", &deadline);
+        int flags = ::fcntl(received.front().get(), F_GETFD);
+        return (flags & FD_CLOEXEC) != 0 ? "accepted, close-on-exec" : "accepted, NOT close-on-exec";
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+}
+
+} // namespace
+
+TEST_CASE("05 fdpass: exactly the expected descriptors, close-on-exec, or a refusal that closes them", "[05][fdpass]") {
+    LeakCheck leaks;
+    {
+        shmtut::UniqueFd memfd = small_memfd();
+        const int fd = memfd.get();
+        CHECK(receive_one_of({fd}) == "accepted, close-on-exec");
+        CHECK_THAT(receive_one_of({}), contains("came with 0 descriptor(s), expected exactly 1"));
+        CHECK_THAT(receive_one_of({fd, fd}), contains("came with 2 descriptor(s), expected exactly 1"));
+        CHECK_THAT(receive_one_of({fd, fd, fd, fd}), contains("MSG_CTRUNC"));
+        CHECK_THAT(receive_one_of({fd}, true), contains("a descriptor arrived with a later part of the message"));
+    }
+    check_nothing_left(leaks); // every descriptor received, accepted or refused, was closed
+}
+
+TEST_CASE("05 fdpass: connect_unix is bounded when the listener never accepts, and never follows a link",
+          "[05][fdpass]") {
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string path = dir.file("sock");
+    leaks.watch_path(path);
+    {
+        sockaddr_un address{};
+        socklen_t length = shmtut::unix_address(path, address);
+        shmtut::UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+        REQUIRE(::listen(listener.get(), 0) == 0);
+        shmtut::UniqueFd queued(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::connect(queued.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+        std::string refusal;
+        try {
+            shmtut::connect_unix(path, shmtut::Deadline(0.5), "start it", {});
+        } catch (const shmtut::SysError& e) {
+            refusal = std::string(e.what()) + ": " + e.hint();
+        }
+        CHECK_THAT(refusal, contains("accepted nobody within 0.5 s"));
+
+        const std::string link = dir.file("link");
+        REQUIRE(::symlink(path.c_str(), link.c_str()) == 0);
+        refusal.clear();
+        try {
+            shmtut::connect_unix(link, shmtut::Deadline(0.5), "start it", {});
+        } catch (const shmtut::Failure& e) {
+            refusal = e.what();
+        }
+        CHECK_THAT(refusal, contains("is not a socket (a symbolic link)"));
+        ::unlink(link.c_str());
+        ::unlink(path.c_str());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("05 fdpass: listen_unix never replaces a live listener, and replaces a dead one's file only when forced",
+          "[05][fdpass]") {
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string path = dir.file("sock");
+    leaks.watch_path(path);
+    shmtut::Narrator quiet("test", true);
+    auto refusal_of = [&](bool force) {
+        try {
+            shmtut::SocketFile file(quiet);
+            shmtut::UniqueFd listener = shmtut::listen_unix(path, force, 1, file, quiet);
+            file.path.clear(); // keep the file: the caller looks at it
+            return std::string("listening");
+        } catch (const shmtut::SysError& e) {
+            return std::string(e.what()) + ": " + e.hint();
+        }
+    };
+    {
+        shmtut::SocketFile first_file(quiet);
+        shmtut::UniqueFd first = shmtut::listen_unix(path, false, 1, first_file, quiet);
+        CHECK_THAT(refusal_of(false), contains("a writer is running there"));
+        CHECK_THAT(refusal_of(true), contains("a writer is running there"));
+        first_file.path.clear();
+    } // closed: the file stays, nobody listens
+    CHECK_THAT(refusal_of(false), contains("remove it with: rm " + path));
+    CHECK(refusal_of(true) == "listening");
+    ::unlink(path.c_str());
+    REQUIRE(::symlink("/etc/hostname", path.c_str()) == 0);
+    CHECK_THAT(refusal_of(true), contains("not following it, not removing it"));
+    struct stat info {};
+    CHECK((::lstat(path.c_str(), &info) == 0 && S_ISLNK(info.st_mode)));
+    ::unlink(path.c_str());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("05 fdpass: a client that says nothing is never taken for the one that asks", "[05][fdpass]") {
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string path = dir.file("sock");
+    leaks.watch_path(path);
+    {
+        shmtut::Narrator quiet("test", true);
+        shmtut::SocketFile file(quiet);
+        shmtut::UniqueFd listener = shmtut::listen_unix(path, false, 4, file, quiet);
+        shmtut::Callers callers(quiet, 4, [](const std::vector<char>& request) {
+            return std::string(request.begin(), request.end()) == "ASK!" ? "" : "did not ask";
+        });
+        shmtut::UniqueFd silent = shmtut::connect_unix(path, shmtut::Deadline(5), "", {});
+        shmtut::UniqueFd asking = shmtut::connect_unix(path, shmtut::Deadline(5), "", {});
+        shmtut::send_with_fds(asking.get(), "ASK!", 4, {}, "ask");
+        shmtut::UniqueFd chosen = shmtut::wait_for_asking_client(listener.get(), callers, shmtut::Deadline(5));
+        REQUIRE(chosen);
+        CHECK(shmtut::peer_credentials(chosen.get()).pid == ::getpid());
+        // The chosen one is the asking client: what it sends next arrives there.
+        shmtut::send_with_fds(asking.get(), "next", 4, {}, "next");
+        char got[4] = {};
+        shmtut::Deadline deadline(5);
+        shmtut::receive_with_fds(chosen.get(), got, sizeof got, 0, "next", &deadline);
+        CHECK(std::string(got, 4) == "next");
+        // The silent one is still waiting, not served.
+        CHECK_FALSE(shmtut::wait_for_asking_client(listener.get(), callers, shmtut::Deadline(0.3)));
+    }
+    check_nothing_left(leaks);
 }
