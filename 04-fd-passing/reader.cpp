@@ -150,7 +150,9 @@ struct Received {
     std::vector<UniqueFd> descriptors;
 };
 
-/// Receives one whole 16-byte message with `recvmsg(2)`. The control buffer has room for one
+/// Receives one whole 16-byte message with `recvmsg(2)`, the other half of the writer's
+/// `sendmsg(2)`: what the writer attached as SCM_RIGHTS arrives in the control buffer, as new
+/// descriptors of this process. The control buffer has room for one
 /// descriptor: `CMSG_SPACE(sizeof(int))`, 24 bytes on 64-bit Linux, which (alignment) holds two.
 /// With MSG_CMSG_CLOEXEC every received descriptor is close-on-exec from the start, with no
 /// window. Refused: MSG_CTRUNC (the kernel dropped descriptors: more than fit, or this process

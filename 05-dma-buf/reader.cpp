@@ -53,21 +53,23 @@ dma-buf at all: run make vm-05.
 /// A dma-buf lives on the kernel's internal dmabuf file system: fstatfs tells, whatever the
 /// exporter. Returns its size, which lseek(SEEK_END) reports for every dma-buf.
 std::uint64_t check_dmabuf(int fd, const Narrator& say) {
+    const std::string statfs_call = "fstatfs(fd=" + std::to_string(fd) + ")";
     struct statfs info {};
     if (::fstatfs(fd, &info) == -1)
-        throw_errno("fstatfs(fd=" + std::to_string(fd) + ")");
+        throw_errno(statfs_call);
     if (info.f_type != DMA_BUF_MAGIC) {
         char type[32];
         std::snprintf(type, sizeof type, "0x%lx", static_cast<unsigned long>(info.f_type));
         throw Failure("descriptor " + std::to_string(fd) + " is not a dma-buf (its file system type is " + type +
                       ", not DMA_BUF_MAGIC 0x444d4142): refusing it");
     }
+    const std::string seek_call = "lseek(fd=" + std::to_string(fd) + ", 0, SEEK_END)";
     off_t size = ::lseek(fd, 0, SEEK_END);
     if (size == -1)
-        throw_errno("lseek(fd=" + std::to_string(fd) + ", 0, SEEK_END)");
+        throw_errno(seek_call);
     if (static_cast<std::uint64_t>(size) < kHeaderSize)
         throw Failure("the dma-buf has " + std::to_string(size) + " bytes, less than the header: refusing it");
-    say.say("fstatfs(fd=%d): f_type=DMA_BUF_MAGIC, a dma-buf; lseek(SEEK_END) = %lld bytes", fd,
+    say.say("%s: f_type=DMA_BUF_MAGIC, a dma-buf; %s = %lld bytes", statfs_call.c_str(), seek_call.c_str(),
             static_cast<long long>(size));
     return static_cast<std::uint64_t>(size);
 }

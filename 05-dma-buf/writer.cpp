@@ -77,10 +77,11 @@ UniqueFd allocate_from_heap(std::size_t size, const Narrator& say) {
     dma_heap_allocation_data request{};
     request.len = size;
     request.fd_flags = O_RDWR | O_CLOEXEC;
+    const std::string alloc_call = "ioctl(fd=" + std::to_string(heap.get()) + ", DMA_HEAP_IOCTL_ALLOC, len=" +
+                                   std::to_string(size) + ", fd_flags=O_RDWR|O_CLOEXEC)";
     if (::ioctl(heap.get(), DMA_HEAP_IOCTL_ALLOC, &request) == -1)
-        throw_errno("ioctl(DMA_HEAP_IOCTL_ALLOC, len=" + std::to_string(size) + ")");
-    say.say("open(\"%s\") = %d; ioctl(DMA_HEAP_IOCTL_ALLOC, len=%zu, fd_flags=O_RDWR|O_CLOEXEC) = 0: dma-buf fd %u",
-            dmabuf::kSystemHeap, heap.get(), size, request.fd);
+        throw_errno(alloc_call);
+    say.say("open(\"%s\") = %d; %s = 0: dma-buf fd %u", dmabuf::kSystemHeap, heap.get(), alloc_call.c_str(), request.fd);
     return UniqueFd(static_cast<int>(request.fd));
 }
 
@@ -103,12 +104,13 @@ UniqueFd create_udmabuf(std::size_t size, const Narrator& say) {
     request.flags = UDMABUF_FLAGS_CLOEXEC;
     request.offset = 0;
     request.size = size;
+    const std::string create_call = "ioctl(fd=" + std::to_string(device.get()) + ", UDMABUF_CREATE, memfd=" +
+                                    std::to_string(memory.get()) + ", offset=0, size=" + std::to_string(size) + ")";
     int fd = ::ioctl(device.get(), UDMABUF_CREATE, &request);
     if (fd == -1)
-        throw_errno("ioctl(UDMABUF_CREATE, size=" + std::to_string(size) + ")");
-    say.say("open(\"%s\") = %d; memfd_create = %d, ftruncate(%zu), F_ADD_SEALS(F_SEAL_SHRINK); "
-            "ioctl(UDMABUF_CREATE, memfd=%d, offset=0, size=%zu) = %d",
-            dmabuf::kUdmabuf, device.get(), memory.get(), size, memory.get(), size, fd);
+        throw_errno(create_call);
+    say.say("open(\"%s\") = %d; memfd_create = %d, ftruncate(%zu), F_ADD_SEALS(F_SEAL_SHRINK); %s = %d", dmabuf::kUdmabuf,
+            device.get(), memory.get(), size, create_call.c_str(), fd);
     return UniqueFd(fd); // the dma-buf holds the memfd's pages; our memfd descriptor can go
 }
 
