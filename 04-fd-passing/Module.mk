@@ -5,8 +5,8 @@ CHAPTERS += 04-fd-passing
 
 HELLO_04_SOCKET := /tmp/shm-tutorial-04-hello.sock
 
+# The bare writer prints one line once it listens; the reader starts when that line arrives.
 .PHONY: hello-04
-hello-04: $(BUILD)/04-fd-passing/hello_writer $(BUILD)/04-fd-passing/hello_reader ## step 1 of chapter 04: the bare pair
-	@$(BUILD)/04-fd-passing/hello_writer $(HELLO_04_SOCKET) & \
-	until [ -S $(HELLO_04_SOCKET) ]; do sleep 0.1; done; sleep 0.1; \
-	$(BUILD)/04-fd-passing/hello_reader $(HELLO_04_SOCKET); status=$$?; wait $$! && exit $$status
+hello-04: $(BUILD)/04-fd-passing/hello_writer $(BUILD)/04-fd-passing/hello_reader ## run chapter 04's bare pair (step 1) in one terminal
+	@set -o pipefail; $(BUILD)/04-fd-passing/hello_writer $(HELLO_04_SOCKET) 2>&1 | \
+		{ IFS= read -r line && echo "$$line" && $(BUILD)/04-fd-passing/hello_reader $(HELLO_04_SOCKET); status=$$?; cat; exit $$status; }
