@@ -124,6 +124,8 @@ UniqueFd listen_unix(const std::string& name, bool force, int backlog, SocketFil
     if (bind_0600() == -1) {
         if (errno != EADDRINUSE)
             throw_errno(call);
+        if (is_abstract(name)) // no file to be stale: a live process holds the name
+            throw_errno(call, "another process holds this abstract name: a writer is running there");
         switch (probe_socket(name)) {
         case SocketState::kListening:
             throw_error(EADDRINUSE, call, "a writer is running there (a process listens on it); --force does not "
@@ -302,6 +304,8 @@ bool wait_readable(int socket_fd, const Deadline* deadline) {
 
 void send_with_fds(int socket_fd, const void* data, std::size_t length, const std::vector<int>& fds,
                    const std::string& what, const Deadline* deadline) {
+    if (length == 0)
+        throw Failure(what + ": no data byte to carry the descriptors (a stream socket would send nothing)");
     const auto* bytes = static_cast<const char*>(data);
     std::size_t sent = 0;
     ControlBuffer control(fds.size());

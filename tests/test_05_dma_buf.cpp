@@ -275,6 +275,22 @@ TEST_CASE("05 fdpass: listen_unix never replaces a live listener, and replaces a
     struct stat info {};
     CHECK((::lstat(path.c_str(), &info) == 0 && S_ISLNK(info.st_mode)));
     ::unlink(path.c_str());
+    {
+        // An abstract name has no file to be stale: whoever holds it is alive, --force or not.
+        const std::string abstract = "@" + unique_name("shmtut-fdpass");
+        sockaddr_un address{};
+        socklen_t length = shmtut::unix_address(abstract, address);
+        shmtut::UniqueFd holder(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(holder.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+        shmtut::SocketFile file(quiet);
+        std::string refusal;
+        try {
+            shmtut::listen_unix(abstract, true, 1, file, quiet);
+        } catch (const shmtut::SysError& e) {
+            refusal = e.hint();
+        }
+        CHECK_THAT(refusal, contains("another process holds this abstract name"));
+    }
     check_nothing_left(leaks);
 }
 
