@@ -131,7 +131,7 @@ pid_t check_writer(int connection, const Narrator& say) {
 /// socket buffer of the non-blocking socket.
 void send_message(int connection, handoff::Type type) {
     Message message = handoff::make_message(type);
-    const std::string call = std::string("send(") + handoff::type_name(type) + ")";
+    const std::string call = "send(fd=" + std::to_string(connection) + ", " + handoff::type_name(type) + ")";
     ssize_t sent;
     while ((sent = ::send(connection, &message, sizeof message, MSG_NOSIGNAL)) == -1 && errno == EINTR)
         throw_if_stopped();
@@ -160,6 +160,7 @@ struct Received {
 /// version. A stream socket may deliver the 16 bytes in pieces: each recvmsg asks for the rest
 /// of this message only. `deadline` (may be null: as long as the writer lives) bounds the wait.
 Received receive_message(int connection, const Deadline* deadline, const char* what) {
+    const std::string recvmsg_call = "recvmsg(fd=" + std::to_string(connection) + ", MSG_CMSG_CLOEXEC)";
     Received got;
     std::size_t have = 0;
     while (have < sizeof got.message) {
@@ -192,7 +193,7 @@ Received receive_message(int connection, const Deadline* deadline, const char* w
         if (n == 0 || (n == -1 && errno == ECONNRESET)) // a peer that died with unread data resets
             throw WriterGone(std::string("the writer closed the connection before ") + what);
         if (n == -1)
-            throw_errno(std::string("recvmsg(") + what + ")");
+            throw_errno(recvmsg_call);
         // Own every descriptor first, whatever else is wrong: counted from cmsg_len, not
         // assumed to be one.
         const std::size_t before = got.descriptors.size();
