@@ -27,6 +27,7 @@ include 02-posix-mmap/Module.mk
 include 03-memfd/Module.mk
 include 04-fd-passing/Module.mk
 include 05-dma-buf/Module.mk
+include 06-zero-copy/Module.mk
 include tools/Module.mk
 include tests/Module.mk
 
