@@ -1,0 +1,575 @@
+/// @file tests/test_06_zero_copy.cpp
+/// @brief Chapter 06 end to end: the pool pair carries the stream, waits when every slot is on
+///        loan, notices a dead peer, and each side refuses every index and length the other
+///        cannot give (the test plays the hostile peer over the socket).
+#include <algorithm>
+#include <csignal>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "../06-zero-copy/pool.hpp"
+#include "catch.hpp"
+#include "layout.hpp"
+#include "owners.hpp"
+#include "support.hpp"
+
+using namespace testsupport;
+
+namespace {
+
+/// One test's private socket path and the command lines that use it.
+struct Chapter06 {
+    TempDir dir;
+    std::string name = dir.file("sock");
+    std::vector<std::string> writer(const std::string& timeout, std::vector<std::string> extra = {}) const {
+        return command("06-zero-copy/writer", {"--name", name}, timeout, extra);
+    }
+    std::vector<std::string> reader(const std::string& timeout, std::vector<std::string> extra = {}) const {
+        return command("06-zero-copy/reader", {"--name", name}, timeout, extra);
+    }
+};
+
+sockaddr_un address_of(const std::string& path, socklen_t& length) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    REQUIRE(path.size() < sizeof address.sun_path);
+    std::memcpy(address.sun_path, path.data(), path.size());
+    length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+    return address;
+}
+
+/// A listening socket at `path`: the test plays the writer.
+shmtut::UniqueFd listen_at(const std::string& path) {
+    socklen_t length = 0;
+    sockaddr_un address = address_of(path, length);
+    shmtut::UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(listener);
+    REQUIRE(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+    REQUIRE(::listen(listener.get(), 1) == 0);
+    return listener;
+}
+
+/// Accepts the real reader's connection, failing the test after 10 s.
+shmtut::UniqueFd accept_within(int listener) {
+    pollfd entry{listener, POLLIN, 0};
+    REQUIRE(::poll(&entry, 1, 10000) == 1);
+    shmtut::UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(connection);
+    return connection;
+}
+
+/// Connects to the real writer's socket: the test plays the reader.
+shmtut::UniqueFd connect_to(const std::string& path) {
+    socklen_t length = 0;
+    sockaddr_un address = address_of(path, length);
+    shmtut::UniqueFd connection(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(connection);
+    REQUIRE(::connect(connection.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+    return connection;
+}
+
+void send_messages(int socket_fd, const std::vector<pool::Message>& messages) {
+    const auto bytes = messages.size() * sizeof(pool::Message);
+    REQUIRE(::send(socket_fd, messages.data(), bytes, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes));
+}
+
+/// Receives one 16-byte message (and the descriptor that may come with it), failing after 10 s.
+pool::Message receive_message(int socket_fd, shmtut::UniqueFd* descriptor = nullptr) {
+    pool::Message message{};
+    std::size_t have = 0;
+    while (have < sizeof message) {
+        pollfd entry{socket_fd, POLLIN, 0};
+        REQUIRE(::poll(&entry, 1, 10000) == 1);
+        iovec iov{reinterpret_cast<char*>(&message) + have, sizeof message - have};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr header{};
+        header.msg_iov = &iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control;
+        header.msg_controllen = sizeof control;
+        ssize_t n = ::recvmsg(socket_fd, &header, MSG_CMSG_CLOEXEC);
+        REQUIRE(n > 0);
+        if (cmsghdr* cmsg = CMSG_FIRSTHDR(&header); cmsg != nullptr && cmsg->cmsg_type == SCM_RIGHTS) {
+            int fd = -1;
+            std::memcpy(&fd, CMSG_DATA(cmsg), sizeof fd);
+            shmtut::UniqueFd owned(fd);
+            if (descriptor != nullptr)
+                *descriptor = std::move(owned);
+        }
+        have += static_cast<std::size_t>(n);
+    }
+    REQUIRE(message.magic == pool::kMagic);
+    return message;
+}
+
+/// A pool as the real writer makes it (4 slots of 4096 bytes, sealed), with a header naming this
+/// process, which the reader sees as the writer through SO_PEERCRED.
+shmtut::UniqueFd make_pool(std::uint32_t slot_count = 4, std::uint64_t slot_size = 4096,
+                           std::uint64_t claimed_capacity = 0) {
+    const std::size_t size = pool::kSlotsOffset + slot_count * slot_size;
+    shmtut::UniqueFd fd(::memfd_create("shmtut-test-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    REQUIRE(fd);
+    REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(size)) == 0);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    REQUIRE(base != MAP_FAILED);
+    shmtut::SharedHeader* header = shmtut::construct_header(base);
+    pool::geometry_of(*header).slot_count.store(slot_count);
+    pool::geometry_of(*header).slot_size.store(slot_size);
+    std::memset(static_cast<char*>(base) + pool::kSlotsOffset, 'p', slot_count * slot_size);
+    shmtut::publish_header(*header, claimed_capacity != 0 ? claimed_capacity : slot_count * slot_size,
+                           static_cast<std::uint32_t>(::getpid()), 0);
+    ::munmap(base, size);
+    REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
+    return fd;
+}
+
+/// Sends HELLO with `pool_fd`, as the writer does.
+void send_hello(int socket_fd, int pool_fd) {
+    pool::Message hello{pool::kMagic, pool::kHello, 0, 0};
+    iovec iov{&hello, sizeof hello};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr header{};
+    header.msg_iov = &iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&header);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cmsg), &pool_fd, sizeof pool_fd);
+    REQUIRE(::sendmsg(socket_fd, &header, MSG_NOSIGNAL) == sizeof hello);
+}
+
+pool::Message filled(std::uint32_t slot, std::uint32_t length) {
+    return {pool::kMagic, pool::kFilled, slot, length};
+}
+pool::Message returned(std::uint32_t slot) {
+    return {pool::kMagic, pool::kReturned, slot, 0};
+}
+const pool::Message kEndMessage{pool::kMagic, pool::kEnd, 0, 0};
+const pool::Message kDoneMessage{pool::kMagic, pool::kDone, 0, 0};
+
+/// `count` messages of 4096 bytes each, filled with 'a', 'b', 'c'...: with 4096-byte slots, each
+/// slot carries one letter, so a slot's content says which message it holds.
+std::vector<std::string> lettered_messages(int count) {
+    std::vector<std::string> messages;
+    for (int i = 0; i < count; ++i)
+        messages.push_back(std::string(4095, static_cast<char>('a' + i)));
+    return messages;
+}
+
+/// Plays the writer against the real reader: hands it a good pool, then `hostile` messages.
+/// Returns the reader's last error line; checks it exited 1, printed nothing and left nothing.
+std::string reader_refusal(const std::vector<pool::Message>& hostile, shmtut::UniqueFd pool_fd = {}) {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    std::string refusal;
+    {
+        shmtut::UniqueFd listener = listen_at(chapter.name);
+        ProcessGroup group;
+        Process& reader = group.start("reader", chapter.reader("10"));
+        shmtut::UniqueFd connection = accept_within(listener.get());
+        if (!pool_fd)
+            pool_fd = make_pool();
+        send_hello(connection.get(), pool_fd.get());
+        pool_fd.reset();
+        if (!hostile.empty())
+            send_messages(connection.get(), hostile);
+        group.wait(reader);
+        INFO("reader stderr:\n" << reader.err);
+        CHECK(reader.exit_code() == 1);
+        CHECK(reader.killed_by() == 0);
+        CHECK(reader.out.empty());
+        refusal = reader.last_error_line();
+        ::unlink(chapter.name.c_str());
+    }
+    check_nothing_left(leaks);
+    return refusal;
+}
+
+/// Plays the reader against the real writer (4 slots of 4096 bytes, sending "x"): takes the pool
+/// and the first FILLED and END, then sends `hostile`. Returns the writer's last error line; checks it
+/// exited 1 and removed its socket file.
+std::string writer_refusal(const std::vector<pool::Message>& hostile) {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    std::string refusal;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("10", {"--slots", "4", "--slot-size", "4096", "x"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        {
+            shmtut::UniqueFd connection = connect_to(chapter.name);
+            shmtut::UniqueFd pool_fd;
+            CHECK(receive_message(connection.get(), &pool_fd).type == pool::kHello);
+            CHECK(pool_fd);
+            pool::Message first = receive_message(connection.get());
+            CHECK(first.type == pool::kFilled);
+            CHECK(first.slot == 0);
+            // After END the writer is certainly reading replies (before it, it may read them
+            // between two messages: the same refusals, but DONE would be refused as early).
+            CHECK(receive_message(connection.get()).type == pool::kEnd);
+            send_messages(connection.get(), hostile);
+            group.wait(writer);
+        }
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        refusal = writer.last_error_line();
+    }
+    CHECK(chapter.dir.entries().empty()); // the socket file is gone
+    check_nothing_left(leaks);
+    return refusal;
+}
+
+} // namespace
+
+TEST_CASE("06: the bare step-1 pair carries its message and leaves nothing", "[06][hello]") {
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string path = dir.file("hello.sock");
+    {
+        ProcessGroup group;
+        Process& writer = group.start("hello_writer", {binary("06-zero-copy/hello_writer"), path});
+        group.pump_until([&] { return ::access(path.c_str(), F_OK) == 0 || writer.finished(); }, "the socket file");
+        Process& reader = group.start("hello_reader", {binary("06-zero-copy/hello_reader"), path});
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out == "hello from slot 2 of the pool\n");
+        CHECK(reader.exit_code() == 0);
+        CHECK(writer.exit_code() == 0);
+    }
+    CHECK(dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a message arrives exactly, and the pool's hand-over is narrated", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("10", {"hello", "pool"}));
+        Process& reader = group.start("reader", chapter.reader("10"));
+        group.wait(writer);
+        group.wait(reader);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out == "hello\npool\n");
+        CHECK(writer.out.empty());
+        CHECK(writer.exit_code() == 0);
+        CHECK(reader.exit_code() == 0);
+        CHECK_THAT(writer.err, contains("8 slots of 65536 bytes"));
+        CHECK_THAT(writer.err, contains("HELLO + SCM_RIGHTS"));
+        CHECK_THAT(writer.err, contains("send(FILLED slot=0 length=11)"));
+        CHECK_THAT(reader.err, contains("-> /memfd:shm-tutorial-06-pool (deleted)"));
+        CHECK_THAT(reader.err, contains("write(stdout) from the slot itself; send(RETURNED slot=0)"));
+        CHECK_THAT(writer.err, contains("recv(DONE): the reader returned every slot"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: 4 MiB of random bytes arrive identical through 2 slots, with a reader slower than the writer",
+          "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    const std::string data = random_bytes(4 << 20, 61);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("30", {"--slots", "2", "--slot-size", "4096"}),
+                                      Stdin::kPipe);
+        Process& reader = group.start("reader", chapter.reader("30"));
+        group.wait_for_stderr(reader, "header valid");
+        // The reader stops, as a slow one would: the writer fills both slots and must then wait
+        // for one to come back instead of overwriting it.
+        group.signal(reader, SIGSTOP);
+        group.feed(writer, data, true);
+        group.wait_for_stderr(writer, "all 2 slots are on loan to the reader: waiting");
+        group.signal(reader, SIGCONT);
+        group.wait(writer);
+        group.wait(reader);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(writer.exit_code() == 0);
+        CHECK(reader.exit_code() == 0);
+        CHECK(reader.out.size() == data.size());
+        CHECK(reader.out == data);
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a reader started before the writer waits for its socket", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& reader = group.start("reader", chapter.reader("20"));
+        group.wait_for_stderr(reader, "waiting up to 20 s for a writer");
+        REQUIRE_FALSE(reader.wait_status.has_value());
+        Process& writer = group.start("writer", chapter.writer("20", {"later"}));
+        group.wait(writer);
+        group.wait(reader);
+        CHECK(reader.out == "later\n");
+        CHECK(reader.exit_code() == 0);
+        CHECK(writer.exit_code() == 0);
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a reader with no writer fails within its timeout with a one-line error", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group(std::chrono::seconds(20));
+        Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
+        group.wait(reader);
+        CHECK(reader.exit_code() == 1);
+        CHECK(std::count(reader.err.begin(), reader.err.end(), '\n') == 1);
+        CHECK_THAT(reader.err, contains("is the writer running? start it first"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a killed writer is reported dead, and its socket file removed", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("60"), Stdin::kPipe);
+        Process& reader = group.start("reader", chapter.reader("60"));
+        group.feed(writer, "typed so far\n", false);
+        group.wait_for_stdout(reader, 13);
+        group.signal(writer, SIGKILL);
+        group.wait(writer);
+        group.wait(reader);
+        INFO("reader stderr:\n" << reader.err);
+        CHECK(reader.out == "typed so far\n");
+        CHECK(reader.exit_code() == 1);
+        CHECK_THAT(reader.last_error_line(), contains("died before the end of the stream"));
+        CHECK_THAT(reader.err, contains("removed the socket file the dead writer left"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a killed reader is reported dead by a writer waiting for input", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("60"), Stdin::kPipe);
+        Process& reader = group.start("reader", chapter.reader("60"));
+        group.wait_for_stderr(reader, "header valid");
+        group.signal(reader, SIGKILL);
+        group.wait(reader);
+        group.wait(writer); // idle on its stdin: only noticing the closed connection ends it
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free slot", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("60", {"--slots", "1", "--slot-size", "4096"}),
+                                      Stdin::kPipe);
+        Process& reader = group.start("reader", chapter.reader("60"));
+        group.wait_for_stderr(reader, "header valid");
+        group.signal(reader, SIGSTOP);
+        group.feed(writer, std::string(3 * 4096, 'w'), false);
+        group.wait_for_stderr(writer, "all 1 slots are on loan");
+        group.signal(reader, SIGKILL);
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("the reader died before the end of the stream"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a second reader is refused while the first is served", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
+        Process& first = group.start("first reader", chapter.reader("30"));
+        group.wait_for_stderr(first, "header valid");
+        Process& second = group.start("second reader", chapter.reader("5"));
+        group.wait(second);
+        INFO("second reader stderr:\n" << second.err);
+        CHECK(second.exit_code() == 1);
+        CHECK_THAT(second.last_error_line(), contains("another reader is already being served"));
+        group.feed(writer, "first only\n", true);
+        group.wait(writer);
+        group.wait(first);
+        CHECK(first.out == "first only\n");
+        CHECK(first.exit_code() == 0);
+        CHECK(writer.exit_code() == 0);
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a stale socket file is reported with the rm command, and --force replaces it", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        shmtut::UniqueFd stale = listen_at(chapter.name); // bound, then closed: nobody listens
+    }
+    {
+        ProcessGroup group;
+        Process& refused = group.start("writer", chapter.writer("5", {"x"}));
+        group.wait(refused);
+        CHECK(refused.exit_code() == 1);
+        CHECK_THAT(refused.last_error_line(), contains("remove it with 'rm " + chapter.name + "'"));
+        Process& forced = group.start("writer", chapter.writer("10", {"--force", "replaced"}));
+        group.wait_for_stderr(forced, "waiting up to");
+        Process& reader = group.start("reader", chapter.reader("10"));
+        group.wait(forced);
+        group.wait(reader);
+        CHECK(forced.exit_code() == 0);
+        CHECK(reader.out == "replaced\n");
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a slot the reader holds keeps its content while the writer runs on", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        // 10 messages of one letter each, 4096 bytes: one slot each, through 4 slots.
+        std::vector<std::string> args = {"--slots", "4", "--slot-size", "4096"};
+        for (const std::string& message : lettered_messages(10))
+            args.push_back(message);
+        Process& writer = group.start("writer", chapter.writer("20", args));
+        group.wait_for_stderr(writer, "waiting up to");
+        {
+            shmtut::UniqueFd connection = connect_to(chapter.name);
+            shmtut::UniqueFd pool_fd;
+            REQUIRE(receive_message(connection.get(), &pool_fd).type == pool::kHello);
+            REQUIRE(pool_fd);
+            const std::size_t size = pool::kSlotsOffset + 4 * 4096;
+            void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, pool_fd.get(), 0);
+            REQUIRE(base != MAP_FAILED);
+            shmtut::Mapping mapping(base, size);
+            auto slot_text = [&](std::uint32_t slot) {
+                return std::string(static_cast<const char*>(base) + pool::kSlotsOffset + slot * 4096, 4096);
+            };
+            // Hold the first slot; use and return every other one as it comes.
+            pool::Message held = receive_message(connection.get());
+            REQUIRE(held.type == pool::kFilled);
+            const std::string held_content = slot_text(held.slot);
+            CHECK(held_content == std::string(4095, 'a') + "\n");
+            std::string others;
+            for (int i = 1; i < 10; ++i) {
+                pool::Message next = receive_message(connection.get());
+                REQUIRE(next.type == pool::kFilled);
+                CHECK(next.slot != held.slot); // never a slot the reader holds
+                others += slot_text(next.slot).substr(0, next.length);
+                CHECK(slot_text(held.slot) == held_content); // the writer ran on; our slot did not change
+                send_messages(connection.get(), {returned(next.slot)});
+            }
+            std::string expected;
+            for (const std::string& message : lettered_messages(10))
+                expected += message + "\n";
+            CHECK(others == expected.substr(4096));
+            CHECK(receive_message(connection.get()).type == pool::kEnd);
+            CHECK(slot_text(held.slot) == held_content);
+            send_messages(connection.get(), {returned(held.slot), kDoneMessage});
+            group.wait(writer);
+        }
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 0);
+        CHECK_THAT(writer.err, contains("10 message(s)"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06 hostile writer: the reader refuses every index and length it cannot be given", "[06][hostile]") {
+    SECTION("an index out of range") {
+        CHECK_THAT(reader_refusal({filled(4, 10)}),
+                   contains("the writer filled slot 4, but the pool has only 4 slots (0 to 3)"));
+    }
+    SECTION("a huge index") {
+        CHECK_THAT(reader_refusal({filled(0xffffffff, 10)}), contains("the pool has only 4 slots"));
+    }
+    SECTION("a slot the reader still holds") {
+        CHECK_THAT(reader_refusal({filled(1, 10), filled(1, 10)}),
+                   contains("the writer filled slot 1, which the reader still holds"));
+    }
+    SECTION("a length past the end of the slot") {
+        CHECK_THAT(reader_refusal({filled(3, 4097)}), contains("slot 3 holds 4097 bytes; a slot holds 1 to 4096"));
+    }
+    SECTION("an empty slot") {
+        CHECK_THAT(reader_refusal({filled(0, 0)}), contains("holds 0 bytes"));
+    }
+    SECTION("a message the writer never sends") {
+        CHECK_THAT(reader_refusal({returned(0)}), contains("the writer sent RETURNED, expected FILLED or END"));
+    }
+    SECTION("garbage on the socket") {
+        CHECK_THAT(reader_refusal({pool::Message{0x12345678, pool::kFilled, 0, 1}}), contains("does not start with SHM6"));
+    }
+    SECTION("a pool whose slots do not add up to its capacity") {
+        CHECK_THAT(reader_refusal({}, make_pool(4, 4096, 4 * 4096 - 1)),
+                   contains("4 slots of 4096 bytes do not fit"));
+    }
+    SECTION("a pool whose slots are not whole pages") {
+        CHECK_THAT(reader_refusal({}, make_pool(4, 1000)), contains("4 slots of 1000 bytes do not fit"));
+    }
+}
+
+TEST_CASE("06 hostile reader: the writer refuses every slot it did not lend", "[06][hostile]") {
+    SECTION("an index out of range") {
+        CHECK_THAT(writer_refusal({returned(4)}),
+                   contains("the reader returned slot 4, but the pool has only 4 slots (0 to 3)"));
+    }
+    SECTION("a slot never loaned") {
+        CHECK_THAT(writer_refusal({returned(2)}), contains("the reader returned slot 2, which was never loaned to it"));
+    }
+    SECTION("a slot returned twice") {
+        CHECK_THAT(writer_refusal({returned(0), returned(0)}), contains("the reader returned slot 0 twice"));
+    }
+    SECTION("DONE while still holding a slot") {
+        CHECK_THAT(writer_refusal({kDoneMessage}), contains("DONE while still holding 1 slot(s)"));
+    }
+    SECTION("a message the reader never sends") {
+        CHECK_THAT(writer_refusal({filled(0, 1)}), contains("the reader sent FILLED, expected RETURNED"));
+    }
+}
+
+TEST_CASE("06: usage errors exit 2 with a pointer to --help, and --help exits 0", "[06]") {
+    const std::string w = binary("06-zero-copy/writer");
+    const std::string r = binary("06-zero-copy/reader");
+    check_usage_errors({
+        {w, "--name", "/tmp/" + std::string(120, 'x')}, {w, "--name", "@"}, {w, "--keep"}, {w, "--bogus"},
+        {w, "--slots", "0"}, {w, "--slots", "4097"}, {w, "--slots", "-1"}, {w, "--slot-size", "1000"},
+        {w, "--slot-size", "5000"}, {w, "--slots", "1024", "--slot-size", "2097152"}, {w, "--timeout", "0"},
+        {r, "--force"}, {r, "extra"}, {r, "--slots", "4"}, {r, "--timeout", "never"},
+    });
+    for (const std::string& program : {w, r}) {
+        ProcessGroup group;
+        Process& help = group.start("help", {program, "--help"});
+        group.wait(help);
+        CHECK(help.exit_code() == 0);
+        CHECK_THAT(help.out, contains("Usage:"));
+        CHECK_THAT(help.out, contains("--timeout SECONDS"));
+    }
+}
