@@ -15,3 +15,21 @@ hello-06: $(BUILD)/06-zero-copy/hello_writer $(BUILD)/06-zero-copy/hello_reader 
 
 run-06: $(filter $(BUILD)/06-zero-copy/%,$(BINARIES)) ## run chapter 06's pair: a buffer pool passed once, then indices
 	@scripts/run-demos $(BUILD) 06-zero-copy
+
+# make bench: one program (Google Benchmark) measures every technique side by side; it needs
+# libbenchmark-dev to build and gnuplot-nox to draw, both installed by the target.
+BENCH := $(BUILD)/06-zero-copy/bench
+$(BENCH): $(BUILD)/06-zero-copy/bench.o
+	$(CXX) $(LDFLAGS) $^ -lbenchmark -lpthread -o $@
+
+.PHONY: bench
+bench: ## measure every technique side by side (QUICK=1: under a minute); CSV and PNG plots in build/bench
+	@scripts/ensure-packages "make bench runs on Google Benchmark and draws its plots with gnuplot" libbenchmark-dev gnuplot-nox
+	@$(MAKE) --no-print-directory $(BINARIES) $(BENCH)
+	$(BENCH) $(if $(filter 1,$(QUICK)),--quick) --out $(BUILD)/bench --build $(BUILD)
+
+# Where Google Benchmark is installed, the test runner's smoke test [06][bench] runs the
+# benchmark too, so make test builds it.
+ifneq ($(wildcard /usr/include/benchmark/benchmark.h),)
+$(BUILD)/tests/run-tests: | $(BENCH)
+endif
