@@ -256,8 +256,6 @@ inline Received receive_exact(int socket_fd, void* data, std::size_t length, con
     auto* bytes = static_cast<char*>(data);
     std::size_t have = 0;
     while (have < length) {
-        if (!wait_readable(socket_fd, deadline))
-            throw Failure(std::string("no ") + what + " within the timeout");
         iovec iov{bytes + have, length - have};
         union {
             char buffer[CMSG_SPACE(sizeof(int))];
@@ -268,7 +266,13 @@ inline Received receive_exact(int socket_fd, void* data, std::size_t length, con
         header.msg_iovlen = 1;
         header.msg_control = control.buffer;
         header.msg_controllen = sizeof control.buffer;
-        ssize_t n = ::recvmsg(socket_fd, &header, MSG_CMSG_CLOEXEC);
+        // Try first, wait only when nothing is there: a message that has arrived costs one call.
+        ssize_t n = ::recvmsg(socket_fd, &header, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait_readable(socket_fd, deadline))
+                throw Failure(std::string("no ") + what + " within the timeout");
+            continue;
+        }
         if (n == -1 && errno == EINTR)
             continue;
         if (n == -1 && errno != ECONNRESET)

@@ -208,6 +208,11 @@ struct Session {
             if (deadline != nullptr && deadline->expired())
                 throw Failure("the reader did not confirm within " + seconds_text(deadline->seconds()));
         }
+        return apply_reply(deadline);
+    }
+
+    /// Receives one reply that has arrived and applies it. Returns true for DONE.
+    bool apply_reply(const Deadline* deadline) {
         pool::Message reply{};
         handoff::receive_plain(connection, &reply, sizeof reply, deadline, "the reader's reply");
         if (reply.magic != pool::kMagic)
@@ -228,7 +233,7 @@ struct Session {
     void take_waiting_replies() {
         pollfd entry{connection, POLLIN, 0};
         while (::poll(&entry, 1, 0) == 1) {
-            if (take_reply(nullptr))
+            if (apply_reply(nullptr))
                 throw Failure("refused: the reader sent DONE before the end of the stream");
         }
     }
@@ -274,7 +279,11 @@ int run(const Options& options, const PoolShape& shape) {
                     say.say("all %" PRIu32 " slots are on loan to the reader: waiting for one to come back "
                             "(backpressure: never overwrite a loaned slot)",
                             shape.slot_count);
-                session.take_reply(nullptr);
+                // Wait for one reply, then take every other that has arrived: returns come in
+                // batches while the reader keeps up, so the writer reads them only when it must.
+                if (session.take_reply(nullptr))
+                    throw Failure("refused: the reader sent DONE before the end of the stream");
+                session.take_waiting_replies();
             }
             // Fill in place: standard input is read straight into the slot, no buffer between.
             std::uint8_t* slot_bytes = slots + *slot * shape.slot_size;
@@ -296,7 +305,6 @@ int run(const Options& options, const PoolShape& shape) {
                         " length=%zu): 16 bytes on the socket, the data stays put (further messages quietly)",
                         *slot, length, *slot, length);
             total += length;
-            session.take_waiting_replies();
         }
         pool::Message end{pool::kMagic, pool::kEnd, 0, 0};
         handoff::send_bytes(session.connection, &end, sizeof end);
