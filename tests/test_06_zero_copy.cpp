@@ -3,6 +3,9 @@
 ///        loan, notices a dead peer, and each side refuses every index and length the other
 ///        cannot give (the test plays the hostile peer over the socket).
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -572,4 +575,111 @@ TEST_CASE("06: usage errors exit 2 with a pointer to --help, and --help exits 0"
         CHECK_THAT(help.out, contains("Usage:"));
         CHECK_THAT(help.out, contains("--timeout SECONDS"));
     }
+}
+
+namespace {
+
+/// The fields of one CSV line (fields may be quoted; no quotes inside quotes here).
+std::vector<std::string> csv_fields(const std::string& line) {
+    std::vector<std::string> fields(1);
+    bool quoted = false;
+    for (char c : line) {
+        if (c == '"')
+            quoted = !quoted;
+        else if (c == ',' && !quoted)
+            fields.emplace_back();
+        else
+            fields.back() += c;
+    }
+    return fields;
+}
+
+/// Reads `path` as CSV: the header's fields, then the rows, each checked to have as many fields.
+std::vector<std::vector<std::string>> read_csv(const std::string& path, const std::vector<std::string>& header) {
+    std::ifstream file(path);
+    REQUIRE(file.good());
+    std::string line;
+    REQUIRE(std::getline(file, line));
+    CHECK(csv_fields(line) == header);
+    std::vector<std::vector<std::string>> rows;
+    while (std::getline(file, line)) {
+        rows.push_back(csv_fields(line));
+        CHECK(rows.back().size() == header.size());
+    }
+    CHECK_FALSE(rows.empty());
+    return rows;
+}
+
+/// The number in a CSV field; fails the test if the field is not one.
+double number(const std::string& field) {
+    char* end = nullptr;
+    double value = std::strtod(field.c_str(), &end);
+    INFO("field: '" << field << "'");
+    CHECK((!field.empty() && end == field.c_str() + field.size() && std::isfinite(value)));
+    return value;
+}
+
+} // namespace
+
+TEST_CASE("06 bench smoke test: make bench writes well-formed CSV, positive figures and PNG plots",
+          "[06][bench]") {
+    const std::string bench = binary("06-zero-copy/bench");
+    if (::access(bench.c_str(), X_OK) != 0)
+        SKIP_TEST("the benchmark is not built: Debian's libbenchmark-dev is missing (make bench installs it)");
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
+        SKIP_TEST("gnuplot is not installed (Debian's gnuplot-nox; make bench installs it)");
+    LeakCheck leaks;
+    TempDir out;
+    {
+        ProcessGroup group(std::chrono::seconds(300));
+        Process& run = group.start("bench", {bench, "--tiny", "--out", out.path(), "--build", binary("")});
+        group.wait(run);
+        INFO("bench stderr:\n" << run.err);
+        REQUIRE(run.exit_code() == 0);
+        CHECK_THAT(run.out, contains("Latency: 64-byte round trip"));
+        CHECK_THAT(run.out, contains("By handle against by copy"));
+        CHECK_THAT(run.out, contains("Ratios"));
+        CHECK_THAT(run.err, contains("bench: [1/")); // progress, on stderr
+    }
+    // Every time and rate is positive; counts (faults, shootdowns, a crossover not found) are
+    // at least 0; every case ran 5 times. No figure is compared with a target: timing is the
+    // benchmark's business, not a test's.
+    for (const auto& row : read_csv(out.file("latency.csv"), {"mechanism", "round_trip_ns", "runs"})) {
+        CHECK(number(row[1]) > 0);
+        CHECK(number(row[2]) == 5);
+    }
+    auto throughput = read_csv(out.file("throughput.csv"), {"method", "block_bytes", "gb_per_s", "runs"});
+    CHECK(throughput.size() == 6 * 3);
+    for (const auto& row : throughput) {
+        CHECK(number(row[1]) > 0);
+        CHECK(number(row[2]) > 0);
+        CHECK(number(row[3]) == 5);
+    }
+    for (const auto& row : read_csv(out.file("pairs.csv"), {"pair", "block_bytes", "gb_per_s", "runs"})) {
+        CHECK(number(row[2]) > 0);
+        CHECK(number(row[3]) == 5);
+    }
+    for (const auto& row : read_csv(out.file("handle.csv"), {"method", "message_bytes", "us_per_message",
+                                                             "faults_per_message", "tlb_shootdowns_per_message",
+                                                             "runs"})) {
+        CHECK(number(row[1]) > 0);
+        CHECK(number(row[2]) > 0);
+        CHECK(number(row[3]) >= 0);
+        CHECK(number(row[4]) >= 0);
+        CHECK(number(row[5]) == 5);
+    }
+    for (const auto& row : read_csv(out.file("crossover.csv"), {"challenger", "wins_from_bytes"}))
+        CHECK(number(row[1]) >= 0);
+    for (const auto& row : read_csv(out.file("ratios.csv"), {"ratio", "value", "target", "met"})) {
+        CHECK(number(row[1]) > 0);
+        CHECK((row[3] == "yes" || row[3] == "no"));
+    }
+    for (const char* plot : {"latency.png", "throughput.png", "handle.png"}) {
+        std::ifstream file(out.file(plot), std::ios::binary);
+        char magic[8] = {};
+        file.read(magic, sizeof magic);
+        INFO(plot);
+        CHECK(std::string(magic, sizeof magic) == std::string("\x89PNG\r\n\x1a\n", 8));
+    }
+    check_nothing_left(leaks);
 }
