@@ -72,6 +72,7 @@ struct Settings {
     std::string out_dir = "build/bench"; ///< where the CSV and PNG files go
     std::string build_dir = "build";     ///< where the chapters' binaries are
     bool plots = true;
+    std::string filter;                  ///< only the cases whose name matches (a regex)
     int repetitions = 5;
     long latency_round_trips = 20000;
     std::uint64_t throughput_bytes = 1ull << 30;
@@ -81,6 +82,13 @@ struct Settings {
     std::vector<std::uint64_t> message_sizes;
 };
 Settings g_settings;
+
+/// Progress on stderr, one line as each run starts: what it measures, n of m. (The library's
+/// reporter hears of an interleaved case only when all its repetitions are done.)
+int g_runs_started = 0, g_runs_total = 0;
+void announce(const std::string& what) {
+    std::fprintf(stderr, "bench: [%d/%d] %s\n", ++g_runs_started, g_runs_total, what.c_str());
+}
 
 [[noreturn]] void fail(const std::string& what) {
     throw std::runtime_error(what + ": " + std::strerror(errno));
@@ -375,6 +383,7 @@ const std::vector<std::string> kLatencyMechanisms = {"ping-pong", "spinning mail
 
 /// Median of a run, in the unit the group reports.
 void latency_case(benchmark::State& state, const std::string& mechanism) {
+    announce("latency: 64-byte round trips, " + mechanism);
     const long measured = g_settings.latency_round_trips;
     const long warm_up = std::max(100L, measured / 10);
     for (auto _ : state) {
@@ -412,12 +421,12 @@ void latency_case(benchmark::State& state, const std::string& mechanism) {
 /// (producer) on their own cache lines, as Agrona and the Disruptor place them; positions count
 /// bytes (mod 2^32, the ring is far smaller), so a futex can wait on either word.
 struct Ring {
-    static constexpr std::size_t kCapacity = 4u << 20;
     alignas(64) std::atomic<std::uint32_t> tail;      // bytes produced
     alignas(64) std::atomic<std::uint32_t> head;      // bytes consumed
     alignas(64) std::atomic<std::uint32_t> consumer_sleeping;
     alignas(64) std::atomic<std::uint32_t> producer_sleeping;
-    alignas(4096) char data[kCapacity];
+    // The data follow the header's page: `capacity` bytes, four blocks, so that producer and
+    // consumer work on different blocks and the ring stays small enough for the caches.
 };
 
 /// Waits until `ready()` holds: spinning, and with `use_futex`, after a short spin, sleeping on
@@ -464,16 +473,18 @@ double throughput_run(const std::string& method, std::uint64_t block, std::uint6
         fail("pipe2");
     if (method == "ring spin" || method == "ring futex") {
         const bool use_futex = method == "ring futex";
-        SharedMemory memory(sizeof(Ring));
+        const std::uint32_t capacity = static_cast<std::uint32_t>(std::max<std::uint64_t>(4 * block, 64 * 1024));
+        SharedMemory memory(4096 + capacity);
         Ring& ring = *memory.as<Ring>();
+        char* data = memory.as<char>(4096);
         Peer producer([&] {
             char start;
             read_exact(go.fd[0], &start, 1);
             std::uint32_t tail = 0;
             for (std::uint64_t i = 0; i < blocks; ++i) {
-                ring_wait([&] { return Ring::kCapacity - (tail - ring.head.load(std::memory_order_acquire)) >= block; },
+                ring_wait([&] { return capacity - (tail - ring.head.load(std::memory_order_acquire)) >= block; },
                           ring.head, ring.producer_sleeping, use_futex);
-                std::memcpy(ring.data + (tail % Ring::kCapacity), buffer.data(), block); // blocks divide the ring
+                std::memcpy(data + (tail % capacity), buffer.data(), block); // blocks divide the ring
                 tail += static_cast<std::uint32_t>(block);
                 ring_publish(ring.tail, tail, ring.consumer_sleeping, use_futex);
             }
@@ -484,7 +495,7 @@ double throughput_run(const std::string& method, std::uint64_t block, std::uint6
         for (std::uint64_t i = 0; i < blocks; ++i) {
             ring_wait([&] { return ring.tail.load(std::memory_order_acquire) - head >= block; }, ring.tail,
                       ring.consumer_sleeping, use_futex);
-            std::memcpy(buffer.data(), ring.data + (head % Ring::kCapacity), block);
+            std::memcpy(buffer.data(), data + (head % capacity), block);
             head += static_cast<std::uint32_t>(block);
             ring_publish(ring.head, head, ring.producer_sleeping, use_futex);
         }
@@ -499,8 +510,7 @@ double throughput_run(const std::string& method, std::uint64_t block, std::uint6
     } else {
         if (::pipe2(stream.fd, O_CLOEXEC) == -1)
             fail("pipe2");
-        // A 1 MiB pipe (the unprivileged maximum by default) for the pipe and vmsplice cases.
-        ::fcntl(stream.fd[1], F_SETPIPE_SZ, 1 << 20);
+        // The pipe keeps its default size (64 KiB), as `cat | cat` has it.
     }
     const bool splice_case = method == "vmsplice+splice";
     Peer producer([&] {
@@ -547,6 +557,7 @@ const std::vector<std::string> kThroughputMethods = {"ring spin", "ring futex", 
                                                      "vmsplice+splice", "memcpy"};
 
 void throughput_case(benchmark::State& state, const std::string& method, std::uint64_t block) {
+    announce("throughput: " + method + ", " + std::to_string(block) + "-byte blocks");
     for (auto _ : state) {
         throughput_run(method, block, std::min(block * 64, g_settings.throughput_bytes)); // warm up
         double elapsed = throughput_run(method, block, g_settings.throughput_bytes);
@@ -655,6 +666,7 @@ double pair_run(const PairCommand& pair, std::uint64_t total) {
 }
 
 void pair_case(benchmark::State& state, const std::string& label, const std::string& scratch) {
+    announce("throughput: the pair " + label + " as shipped");
     static std::vector<std::string> unsupported; // asked once: a chapter that exits 77 is skipped
     if (std::find(unsupported.begin(), unsupported.end(), label) != unsupported.end()) {
         state.SkipWithError("skipped: this machine lacks what the chapter needs (exit 77)");
@@ -870,6 +882,7 @@ long handle_messages(const std::string& method, std::uint64_t size) {
 }
 
 void handle_case(benchmark::State& state, const std::string& method, std::uint64_t size) {
+    announce("by handle or by copy: " + method + ", " + std::to_string(size) + "-byte messages");
     for (auto _ : state) {
         long messages = handle_messages(method, size);
         HandleResult result = handle_run(method, size, messages);
@@ -898,18 +911,14 @@ std::map<std::string, Sample> g_samples;
 
 class Collector : public benchmark::BenchmarkReporter {
 public:
-    explicit Collector(int total_runs) : total_(total_runs) {}
     bool ReportContext(const Context&) override { return true; }
     void ReportRuns(const std::vector<Run>& runs) override {
         for (const Run& run : runs) {
             if (run.run_type != Run::RT_Iteration)
                 continue;
-            std::string name = run.run_name.function_name;
-            Sample& sample = g_samples[name];
-            ++done_;
+            Sample& sample = g_samples[run.run_name.function_name];
             if (run.error_occurred) {
                 sample.skipped = run.error_message;
-                std::fprintf(stderr, "bench: [%d/%d] %s: %s\n", done_, total_, name.c_str(), run.error_message.c_str());
                 continue;
             }
             auto counter = [&](const char* key) {
@@ -919,13 +928,8 @@ public:
             sample.value.push_back(counter("value"));
             sample.faults.push_back(counter("faults"));
             sample.tlb.push_back(counter("tlb"));
-            std::fprintf(stderr, "bench: [%d/%d] %s: %.4g\n", done_, total_, name.c_str(), counter("value"));
         }
     }
-
-private:
-    int total_;
-    int done_ = 0;
 };
 
 double median(std::vector<double> values) {
@@ -1157,7 +1161,7 @@ void draw_plots() {
         std::fprintf(stderr, "bench: plots: %s/latency.png, throughput.png, handle.png\n", dir.c_str());
 }
 
-const char* const kUsage = R"(Usage: bench [--quick | --tiny] [--out DIR] [--build DIR] [--no-plots]
+const char* const kUsage = R"(Usage: bench [--quick | --tiny] [--out DIR] [--build DIR] [--no-plots] [--filter RE]
 
 Measures every technique side by side between two processes: 64-byte round-trip latency,
 throughput at 4 KiB, 64 KiB and 1 MiB blocks (and each chapter's pair as shipped), and by
@@ -1170,6 +1174,8 @@ standard error.
   --out DIR    where the CSV and PNG files go (default build/bench)
   --build DIR  where the chapters' programs are (default build)
   --no-plots   do not run gnuplot
+  --filter RE  only the cases whose name matches the regular expression RE, for example
+               'latency/' or 'throughput/ring' (the table then shows only those)
 )";
 
 int run(int argc, char** argv) {
@@ -1184,6 +1190,8 @@ int run(int argc, char** argv) {
             g_settings.build_dir = argv[++i];
         else if (arg == "--no-plots")
             g_settings.plots = false;
+        else if (arg == "--filter" && i + 1 < argc)
+            g_settings.filter = argv[++i];
         else if (arg == "--help") {
             std::fputs(kUsage, stdout);
             return 0;
@@ -1240,6 +1248,8 @@ int run(int argc, char** argv) {
     // here: five repetitions, interleaved at random.
     std::vector<std::string> arguments = {argv[0], "--benchmark_enable_random_interleaving=true",
                                           "--benchmark_repetitions=" + std::to_string(s.repetitions)};
+    if (!s.filter.empty())
+        arguments.push_back("--benchmark_filter=" + s.filter);
     std::vector<char*> bench_argv;
     for (std::string& argument : arguments)
         bench_argv.push_back(argument.data());
@@ -1249,7 +1259,8 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "bench: %zu cases x %d runs on %s; this takes %s\n", g_cases.size(), s.repetitions,
                  machine_text().c_str(),
                  s.mode == "full" ? "several minutes" : s.mode == "quick" ? "under a minute" : "seconds");
-    Collector collector(static_cast<int>(g_cases.size()) * s.repetitions);
+    g_runs_total = static_cast<int>(g_cases.size()) * s.repetitions;
+    Collector collector;
     benchmark::RunSpecifiedBenchmarks(&collector);
     benchmark::Shutdown();
     ::rmdir(scratch.c_str());

@@ -115,8 +115,8 @@ UniqueFd create_pool(const PoolShape& shape, Mapping& mapping, const Narrator& s
     geometry.slot_size.store(shape.slot_size, std::memory_order_relaxed);
     publish_header(*header, shape.slot_count * shape.slot_size, static_cast<std::uint32_t>(::getpid()), 0);
     say.say("memfd_create(\"shm-tutorial-06-pool\") = %d, %" PRIu64 " bytes: %" PRIu32 " slots of %" PRIu64
-            " bytes from offset %" PRIu64 ", sealed %s",
-            fd.get(), size, shape.slot_count, shape.slot_size, pool::kSlotsOffset,
+            " bytes from offset %" PRIu64 ", mapped at %p, sealed %s",
+            fd.get(), size, shape.slot_count, shape.slot_size, pool::kSlotsOffset, base,
             seals_text(::fcntl(fd.get(), F_GET_SEALS)).c_str());
     return fd;
 }
