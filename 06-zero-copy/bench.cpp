@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -576,7 +577,7 @@ std::vector<PairCommand> pair_commands(const std::string& scratch) {
     const std::string b = g_settings.build_dir + "/";
     const std::string tag = std::to_string(::getpid());
     return {
-        {"cat | cat", {{"/bin/cat"}, {"/bin/cat"}}},
+        {"cat piped to cat", {{"/bin/cat"}, {"/bin/cat"}}},
         {"01-sysv", {{b + "01-sysv/writer", "--quiet", "--name", scratch + "/key01"},
                      {"@parallel", b + "01-sysv/reader", "--quiet", "--name", scratch + "/key01"}}},
         {"02-posix-mmap", {{b + "02-posix-mmap/writer", "--quiet", "--name", "/bench-02-" + tag},
@@ -981,10 +982,95 @@ struct Ratio {
     bool met;
 };
 
+std::vector<Ratio> g_ratios;
+std::uint64_t g_memfd_wins = 0, g_pool_wins = 0;
+std::string g_load_before, g_load_after, g_started;
+
+/// The 1, 5 and 15-minute load averages: how busy the machine was around the run.
+std::string load_average() {
+    std::ifstream file("/proc/loadavg");
+    std::string one, five, fifteen;
+    file >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+/// By how much a ratio missed its target, as a person says it: "by 19 %".
+std::string miss_text(const Ratio& ratio) {
+    if (ratio.met)
+        return "met";
+    double target = std::strtod(ratio.target.c_str() + 3, nullptr);
+    double off = ratio.target[0] == '<' ? ratio.value / target - 1 : 1 - ratio.value / target;
+    char text[48];
+    std::snprintf(text, sizeof text, "missed by %.0f %%", off * 100);
+    return text;
+}
+
+/// The same results as a Markdown page (build/bench/results.md), ready to paste into the notes.
+void write_markdown() {
+    std::ofstream md(g_settings.out_dir + "/results.md");
+    char line[512];
+    md << "Measured with `make bench" << (g_settings.mode == "quick" ? " QUICK=1" : "") << "` on " << g_started
+       << ": " << machine_text() << ". Load average (1, 5, 15 min) " << g_load_before << " before the run, "
+       << g_load_after << " after it. Medians of " << g_settings.repetitions << " interleaved runs.\n\n";
+    md << "| 64-byte round trip | median |\n|---|---:|\n";
+    for (const std::string& mechanism : kLatencyMechanisms) {
+        std::snprintf(line, sizeof line, "| %s | %.0f ns |\n", mechanism.c_str(), median_of("latency", mechanism));
+        md << line;
+    }
+    md << "\n| throughput, GB/s |";
+    for (std::uint64_t block : g_settings.blocks)
+        md << ' ' << size_text(block) << " blocks |";
+    md << "\n|---|";
+    for (std::size_t i = 0; i < g_settings.blocks.size(); ++i)
+        md << "---:|";
+    md << '\n';
+    for (const std::string& method : kThroughputMethods) {
+        md << "| " << method << " |";
+        for (std::uint64_t block : g_settings.blocks) {
+            std::snprintf(line, sizeof line, " %.2f |", median_of("throughput", method, block));
+            md << line;
+        }
+        md << '\n';
+    }
+    md << "\n| pair as shipped, 64 KiB blocks | GB/s |\n|---|---:|\n";
+    for (const PairCommand& pair : pair_commands("")) {
+        const Sample& sample = g_samples[name_of("pairs", pair.label, 0)];
+        if (sample.value.empty())
+            std::snprintf(line, sizeof line, "| %s | skipped: this machine lacks what it needs |\n", pair.label.c_str());
+        else
+            std::snprintf(line, sizeof line, "| %s | %.2f |\n", pair.label.c_str(), median(sample.value));
+        md << line;
+    }
+    md << "\n| message | copy through a socket | fresh memfd per message | pool, index only | pool, reader reads every byte |\n"
+          "|---|---:|---:|---:|---:|\n";
+    for (std::uint64_t size : g_settings.message_sizes) {
+        md << "| " << size_text(size) << " |";
+        for (const std::string& method : kHandleMethods) {
+            const Sample& sample = g_samples[name_of("handle", method, size)];
+            std::snprintf(line, sizeof line, " %.1f us (%.0f faults, %.1f TLB) |", median(sample.value),
+                          median(sample.faults), median(sample.tlb));
+            md << line;
+        }
+        md << '\n';
+    }
+    md << "\nCrossover: a fresh memfd per message beats copying "
+       << (g_memfd_wins != 0 ? "from " + size_text(g_memfd_wins) : std::string("at no size measured"))
+       << "; the pool, reading every byte, beats copying "
+       << (g_pool_wins != 0 ? "from " + size_text(g_pool_wins) : std::string("at no size measured")) << ".\n\n";
+    md << "| ratio | measured | target | |\n|---|---:|---|---|\n";
+    for (const Ratio& ratio : g_ratios) {
+        std::snprintf(line, sizeof line, "| %s | %.2f | %s | %s |\n", ratio.name.c_str(), ratio.value,
+                      ratio.target.c_str(), miss_text(ratio).c_str());
+        md << line;
+    }
+}
+
 int write_outputs() {
     const std::string& dir = g_settings.out_dir;
     std::printf("bench (%s mode): %s\n", g_settings.mode.c_str(), machine_text().c_str());
-    std::printf("medians of %d runs each, interleaved; CSV and plots in %s/\n\n", g_settings.repetitions, dir.c_str());
+    std::printf("medians of %d runs each, interleaved; load average %s before, %s after; CSV, plots and "
+                "results.md in %s/\n\n",
+                g_settings.repetitions, g_load_before.c_str(), g_load_after.c_str(), dir.c_str());
 
     // Latency.
     std::ofstream latency(dir + "/latency.csv");
@@ -1064,8 +1150,8 @@ int write_outputs() {
                 return size;
         return 0;
     };
-    std::uint64_t memfd_wins = crossover("fresh memfd per message");
-    std::uint64_t pool_wins = crossover("pool (reader reads every byte)");
+    std::uint64_t memfd_wins = g_memfd_wins = crossover("fresh memfd per message");
+    std::uint64_t pool_wins = g_pool_wins = crossover("pool (reader reads every byte)");
     std::printf("\nCrossover: a fresh memfd per message beats copying %s; the pool (reading every byte) beats "
                 "copying %s\n",
                 memfd_wins != 0 ? ("from " + size_text(memfd_wins)).c_str() : "at no size measured",
@@ -1076,7 +1162,7 @@ int write_outputs() {
 
     // Ratios issue 12 asks this machine class to show.
     const std::uint64_t largest = g_settings.message_sizes.back();
-    std::vector<Ratio> ratios;
+    std::vector<Ratio>& ratios = g_ratios;
     auto add = [&](const std::string& name, double value, const std::string& target, bool met) {
         ratios.push_back({name, value, target, met});
     };
@@ -1096,20 +1182,20 @@ int write_outputs() {
     r = median_of("handle", "pool (reader reads every byte)", largest) /
         median_of("handle", "copy through a socket", largest);
     add("pool reading every byte / copy at " + size_text(largest), r, "<= 0.3", r <= 0.3);
-    double cat = median_of("pairs", "cat | cat");
+    double cat = median_of("pairs", "cat piped to cat");
     for (const PairCommand& pair : pair_commands("")) {
-        if (pair.label == "cat | cat" ||
+        if (pair.label == "cat piped to cat" ||
             std::find(skipped_pairs.begin(), skipped_pairs.end(), pair.label) != skipped_pairs.end())
             continue;
         r = median_of("pairs", pair.label) / cat;
-        add(pair.label + " / cat | cat", r, ">= 1", r >= 1);
+        add(pair.label + " / cat piped to cat", r, ">= 1", r >= 1);
     }
     std::ofstream ratio_file(dir + "/ratios.csv");
     ratio_file << "ratio,value,target,met\n";
     std::printf("\nRatios (issue 12's targets for this machine class)\n");
     for (const Ratio& ratio : ratios) {
         std::printf("  %-50s %8.2f  %-7s %s\n", ratio.name.c_str(), ratio.value, ratio.target.c_str(),
-                    ratio.met ? "met" : "MISSED");
+                    miss_text(ratio).c_str());
         ratio_file << '"' << ratio.name << "\"," << ratio.value << ",\"" << ratio.target << "\","
                    << (ratio.met ? "yes" : "no") << '\n';
     }
@@ -1260,12 +1346,21 @@ int run(int argc, char** argv) {
                  machine_text().c_str(),
                  s.mode == "full" ? "several minutes" : s.mode == "quick" ? "under a minute" : "seconds");
     g_runs_total = static_cast<int>(g_cases.size()) * s.repetitions;
+    g_load_before = load_average();
+    {
+        std::time_t now = std::time(nullptr);
+        char date[64];
+        std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+        g_started = date;
+    }
     Collector collector;
     benchmark::RunSpecifiedBenchmarks(&collector);
     benchmark::Shutdown();
     ::rmdir(scratch.c_str());
 
+    g_load_after = load_average();
     int status = write_outputs();
+    write_markdown();
     draw_plots();
     return status;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -673,6 +674,13 @@ TEST_CASE("06 bench smoke test: make bench writes well-formed CSV, positive figu
     for (const auto& row : read_csv(out.file("ratios.csv"), {"ratio", "value", "target", "met"})) {
         CHECK(number(row[1]) > 0);
         CHECK((row[3] == "yes" || row[3] == "no"));
+    }
+    {
+        std::ifstream results(out.file("results.md"));
+        std::string page((std::istreambuf_iterator<char>(results)), std::istreambuf_iterator<char>());
+        CHECK_THAT(page, contains("| ratio | measured | target |"));
+        CHECK_THAT(page, contains("Load average"));
+        CHECK(page.find("nan") == std::string::npos);
     }
     for (const char* plot : {"latency.png", "throughput.png", "handle.png"}) {
         std::ifstream file(out.file(plot), std::ios::binary);
