@@ -61,6 +61,7 @@
 
 #include <benchmark/benchmark.h>
 
+/// The environment the chapter programs are started with (posix_spawn).
 extern char** environ;
 
 namespace {
