@@ -1,7 +1,10 @@
 /// @file tests/test_06_zero_copy.cpp
 /// @brief Chapter 06 end to end: the pool pair carries the stream, waits when every slot is on
-///        loan, notices a dead peer, and each side refuses every index and length the other
-///        cannot give (the test plays the hostile peer over the socket).
+///        loan, notices a dead peer while it waits for a slot, and each side refuses every index
+///        and length the other cannot give (the test plays the hostile peer over the socket).
+///        The contract every chapter keeps (reader first, dead peers, a second reader, a stale
+///        socket, usage, --help) is tests/test_contract.cpp's row for chapter 06; the bare step-1
+///        pair and the benchmark's smoke test are here too.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -310,79 +313,6 @@ TEST_CASE("06: 4 MiB of random bytes arrive identical through 2 slots, with a re
     check_nothing_left(leaks);
 }
 
-TEST_CASE("06: a reader started before the writer waits for its socket", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group;
-        Process& reader = group.start("reader", chapter.reader("20"));
-        group.wait_for_stderr(reader, "waiting up to 20 s for a writer");
-        REQUIRE_FALSE(reader.wait_status.has_value());
-        Process& writer = group.start("writer", chapter.writer("20", {"later"}));
-        group.wait(writer);
-        group.wait(reader);
-        CHECK(reader.out == "later\n");
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-    }
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("06: a reader with no writer fails within its timeout with a one-line error", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group(std::chrono::seconds(20));
-        Process& reader = group.start("reader", chapter.reader("1", {"--quiet"}));
-        group.wait(reader);
-        CHECK(reader.exit_code() == 1);
-        CHECK(std::count(reader.err.begin(), reader.err.end(), '\n') == 1);
-        CHECK_THAT(reader.err, contains("is the writer running? start it first"));
-    }
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("06: a killed writer is reported dead, and its socket file removed", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("60"), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("60"));
-        group.feed(writer, "typed so far\n", false);
-        group.wait_for_stdout(reader, 13);
-        group.signal(writer, SIGKILL);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("reader stderr:\n" << reader.err);
-        CHECK(reader.out == "typed so far\n");
-        CHECK(reader.exit_code() == 1);
-        CHECK_THAT(reader.last_error_line(), contains("died before the end of the stream"));
-        CHECK_THAT(reader.err, contains("removed the socket file the dead writer left"));
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("06: a killed reader is reported dead by a writer waiting for input", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("60"), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("60"));
-        group.wait_for_stderr(reader, "header valid");
-        group.signal(reader, SIGKILL);
-        group.wait(reader);
-        group.wait(writer); // idle on its stdin: only noticing the closed connection ends it
-        INFO("writer stderr:\n" << writer.err);
-        CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free slot", "[06]") {
     LeakCheck leaks;
     Chapter06 chapter;
@@ -401,53 +331,6 @@ TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free s
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
         CHECK_THAT(writer.last_error_line(), contains("the reader died before the end of the stream"));
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("06: a second reader is refused while the first is served", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
-        Process& first = group.start("first reader", chapter.reader("30"));
-        group.wait_for_stderr(first, "header valid");
-        Process& second = group.start("second reader", chapter.reader("5"));
-        group.wait(second);
-        INFO("second reader stderr:\n" << second.err);
-        CHECK(second.exit_code() == 1);
-        CHECK_THAT(second.last_error_line(), contains("another reader is already being served"));
-        group.feed(writer, "first only\n", true);
-        group.wait(writer);
-        group.wait(first);
-        CHECK(first.out == "first only\n");
-        CHECK(first.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-    }
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("06: a stale socket file is reported with the rm command, and --force replaces it", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        shmtut::UniqueFd stale = listen_at(chapter.name); // bound, then closed: nobody listens
-    }
-    {
-        ProcessGroup group;
-        Process& refused = group.start("writer", chapter.writer("5", {"x"}));
-        group.wait(refused);
-        CHECK(refused.exit_code() == 1);
-        CHECK_THAT(refused.last_error_line(), contains("remove it with 'rm " + chapter.name + "'"));
-        Process& forced = group.start("writer", chapter.writer("10", {"--force", "replaced"}));
-        group.wait_for_stderr(forced, "waiting up to");
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(forced);
-        group.wait(reader);
-        CHECK(forced.exit_code() == 0);
-        CHECK(reader.out == "replaced\n");
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
@@ -559,23 +442,16 @@ TEST_CASE("06 hostile reader: the writer refuses every slot it did not lend", "[
     }
 }
 
-TEST_CASE("06: usage errors exit 2 with a pointer to --help, and --help exits 0", "[06]") {
+TEST_CASE("06: the pool's own options refuse a pool that cannot be made, with exit status 2", "[06]") {
+    // The options every chapter shares are checked by the contract test ([06][contract]).
     const std::string w = binary("06-zero-copy/writer");
     const std::string r = binary("06-zero-copy/reader");
     check_usage_errors({
-        {w, "--name", "/tmp/" + std::string(120, 'x')}, {w, "--name", "@"}, {w, "--keep"}, {w, "--bogus"},
+        {w, "--name", "/tmp/" + std::string(120, 'x')}, {w, "--name", "@"}, {w, "--keep"},
         {w, "--slots", "0"}, {w, "--slots", "4097"}, {w, "--slots", "-1"}, {w, "--slot-size", "1000"},
-        {w, "--slot-size", "5000"}, {w, "--slots", "1024", "--slot-size", "2097152"}, {w, "--timeout", "0"},
-        {r, "--force"}, {r, "extra"}, {r, "--slots", "4"}, {r, "--timeout", "never"},
+        {w, "--slot-size", "5000"}, {w, "--slots", "1024", "--slot-size", "2097152"},
+        {r, "--force"}, {r, "--slots", "4"},
     });
-    for (const std::string& program : {w, r}) {
-        ProcessGroup group;
-        Process& help = group.start("help", {program, "--help"});
-        group.wait(help);
-        CHECK(help.exit_code() == 0);
-        CHECK_THAT(help.out, contains("Usage:"));
-        CHECK_THAT(help.out, contains("--timeout SECONDS"));
-    }
 }
 
 namespace {

@@ -192,6 +192,12 @@ const Chapter kDmaBuf = {"05-dma-buf", socket_place, named_reader, "waiting up t
                          "died before the end of the stream", "the reader died", "already", "--force", nullptr,
                          dma_buf_unavailable};
 
+// Chapter 06's writer keeps its pool's memfd open until a reader connects, so a corrupted header
+// is made as for 04, through /proc/PID/fd.
+const Chapter kZeroCopy = {"06-zero-copy", socket_place, named_reader, "waiting up to", "is the writer running?",
+                           "died before the end of the stream", "the reader died", "already", "--force",
+                           corrupt_memfd, always_available};
+
 /// What every case ends with: nothing the case named is left, and its private folder is empty.
 void check_place_empty(const LeakCheck& leaks, const Place& place) {
     check_nothing_left(leaks);
@@ -486,3 +492,5 @@ CONTRACT_CASES("04", kFdPassing)
 CONTRACT_NAMED_CASES("04", kFdPassing)
 CONTRACT_CASES("05", kDmaBuf)
 CONTRACT_NAMED_CASES("05", kDmaBuf)
+CONTRACT_CASES("06", kZeroCopy)
+CONTRACT_NAMED_CASES("06", kZeroCopy)
