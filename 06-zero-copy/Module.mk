@@ -24,6 +24,7 @@ $(BENCH): $(BUILD)/06-zero-copy/bench.o
 
 .PHONY: bench bench-programs
 bench-programs: $(call program_binaries) $(BENCH) # every program included so far: chapters 01 to 06
+	@:
 bench: ## measure every technique side by side (QUICK=1: under a minute); CSV and PNG plots in build/bench
 	@scripts/ensure-packages "make bench runs on Google Benchmark and draws its plots with gnuplot" libbenchmark-dev gnuplot-nox
 	@$(MAKE) --no-print-directory bench-programs
