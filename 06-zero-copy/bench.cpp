@@ -555,24 +555,13 @@ double throughput_run(const std::string& method, std::uint64_t block, std::uint6
     return elapsed;
 }
 
-const std::vector<std::string> kThroughputMethods = {"ring spin", "ring futex", "pipe", "AF_UNIX stream",
-                                                     "vmsplice+splice", "memcpy"};
-
-void throughput_case(benchmark::State& state, const std::string& method, std::uint64_t block) {
-    announce("throughput: " + method + ", " + std::to_string(block) + "-byte blocks");
-    for (auto _ : state) {
-        throughput_run(method, block, std::min(block * 64, g_settings.throughput_bytes)); // warm up
-        double elapsed = throughput_run(method, block, g_settings.throughput_bytes);
-        state.SetIterationTime(elapsed);
-        state.counters["value"] = static_cast<double>(g_settings.throughput_bytes) / elapsed / 1e9; // GB/s
-    }
-}
-
 /// The chapters' pairs, as shipped: `source | writer ... reader > /dev/null`, and `cat | cat`.
 struct PairCommand {
     std::string label;
     std::vector<std::vector<std::string>> stages; ///< a pipeline; the last stage's stdout is /dev/null
 };
+
+std::string g_scratch; ///< a private folder for the pairs' key files and sockets
 
 std::vector<PairCommand> pair_commands(const std::string& scratch) {
     const std::string b = g_settings.build_dir + "/";
@@ -612,10 +601,9 @@ pid_t spawn(std::vector<std::string> argv, int in_fd, int out_fd) {
     return pid;
 }
 
-/// Runs one pipeline with `total` bytes of 64 KiB blocks on its input; returns seconds, or -77
+/// Runs one pipeline with `total` bytes of `block`-byte blocks on its input; returns seconds, or -77
 /// when a program reports that this machine lacks what it needs.
-double pair_run(const PairCommand& pair, std::uint64_t total) {
-    const std::uint64_t block = 65536;
+double pair_run(const PairCommand& pair, std::uint64_t total, std::uint64_t block = 65536) {
     std::vector<char> buffer(block, 'p');
     int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null_fd == -1)
@@ -696,6 +684,28 @@ void pair_case(benchmark::State& state, const std::string& label, const std::str
                 return;
             }
         }
+    }
+}
+
+const std::vector<std::string> kThroughputMethods = {"ring spin", "ring futex", "pipe", "AF_UNIX stream",
+                                                     "vmsplice+splice", "memcpy", "pool pair"};
+
+void throughput_case(benchmark::State& state, const std::string& method, std::uint64_t block) {
+    announce("throughput: " + method + ", " + std::to_string(block) + "-byte blocks");
+    for (auto _ : state) {
+        double elapsed = 0;
+        if (method == "pool pair") {
+            // Chapter 06's real writer and reader, with slots of the block size.
+            PairCommand pool = pair_commands(g_scratch).back();
+            pool.stages[0].insert(pool.stages[0].end(), {"--slot-size", std::to_string(block)});
+            pair_run(pool, std::min(block * 64, g_settings.throughput_bytes), block); // warm up
+            elapsed = pair_run(pool, g_settings.throughput_bytes, block);
+        } else {
+            throughput_run(method, block, std::min(block * 64, g_settings.throughput_bytes)); // warm up
+            elapsed = throughput_run(method, block, g_settings.throughput_bytes);
+        }
+        state.SetIterationTime(elapsed);
+        state.counters["value"] = static_cast<double>(g_settings.throughput_bytes) / elapsed / 1e9; // GB/s
     }
 }
 
@@ -1220,7 +1230,7 @@ void draw_plots() {
     script += "reset\nset terminal png size 1000,600\nset datafile separator ','\nset key outside\nset grid\n";
     script += "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size'\n"
               "set logscale x 2\nset xlabel 'block size (bytes)'\nset ylabel 'GB/s (median)'\n"
-              "plot for [m in '\"ring spin\" \"ring futex\" \"pipe\" \"AF_UNIX stream\" \"vmsplice+splice\" \"memcpy\"'] '" +
+              "plot for [m in '\"ring spin\" \"ring futex\" \"pipe\" \"AF_UNIX stream\" \"vmsplice+splice\" \"memcpy\" \"pool pair\"'] '" +
               dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
     const std::uint64_t memfd_cross = [&] {
         for (std::uint64_t size : g_settings.message_sizes)
@@ -1306,7 +1316,7 @@ int run(int argc, char** argv) {
     char scratch_template[] = "/tmp/shmtut-bench-XXXXXX";
     if (::mkdtemp(scratch_template) == nullptr)
         fail("mkdtemp");
-    const std::string scratch = scratch_template;
+    const std::string scratch = g_scratch = scratch_template;
 
     for (const std::string& mechanism : kLatencyMechanisms) {
         std::string name = name_of("latency", mechanism, 0);

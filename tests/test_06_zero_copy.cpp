@@ -259,6 +259,22 @@ TEST_CASE("06: the bare step-1 pair carries its message and leaves nothing", "[0
     check_nothing_left(leaks);
 }
 
+TEST_CASE("06: the notes quote the bare pair exactly as it is in the files", "[06][hello]") {
+    const std::string folder = std::string(SHMTUT_SOURCE_DIR) + "/06-zero-copy/";
+    auto text_of = [](const std::string& path) {
+        std::ifstream file(path);
+        return std::string((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    };
+    const std::string notes = text_of(folder + "README.md");
+    REQUIRE_FALSE(notes.empty());
+    for (const char* program : {"hello_writer.cpp", "hello_reader.cpp"}) {
+        const std::string code = text_of(folder + program);
+        INFO(program << " must appear whole in 06-zero-copy/README.md, in a ```cpp block");
+        REQUIRE_FALSE(code.empty());
+        CHECK(notes.find("```cpp\n" + code + "```\n") != std::string::npos);
+    }
+}
+
 TEST_CASE("06: a message arrives exactly, and the pool's hand-over is narrated", "[06]") {
     LeakCheck leaks;
     Chapter06 chapter;
@@ -526,7 +542,7 @@ TEST_CASE("06 bench smoke test: make bench writes well-formed CSV, positive figu
         CHECK(number(row[2]) == 5);
     }
     auto throughput = read_csv(out.file("throughput.csv"), {"method", "block_bytes", "gb_per_s", "runs"});
-    CHECK(throughput.size() == 6 * 3);
+    CHECK(throughput.size() == 7 * 3);
     for (const auto& row : throughput) {
         CHECK(number(row[1]) > 0);
         CHECK(number(row[2]) > 0);
