@@ -427,8 +427,9 @@ struct Ring {
     alignas(64) std::atomic<std::uint32_t> head;      // bytes consumed
     alignas(64) std::atomic<std::uint32_t> consumer_sleeping;
     alignas(64) std::atomic<std::uint32_t> producer_sleeping;
-    // The data follow the header's page: `capacity` bytes, four blocks, so that producer and
-    // consumer work on different blocks and the ring stays small enough for the caches.
+    // The data follow the header's page: `capacity` bytes, 4 MiB (or four blocks where that is
+    // more), room for the producer to run ahead while the consumer waits for a CPU: a ring of a
+    // few blocks keeps the data in the caches but makes both sides sleep far more often.
 };
 
 /// Waits until `ready()` holds: spinning, and with `use_futex`, after a short spin, sleeping on
@@ -475,7 +476,7 @@ double throughput_run(const std::string& method, std::uint64_t block, std::uint6
         fail("pipe2");
     if (method == "ring spin" || method == "ring futex") {
         const bool use_futex = method == "ring futex";
-        const std::uint32_t capacity = static_cast<std::uint32_t>(std::max<std::uint64_t>(4 * block, 64 * 1024));
+        const std::uint32_t capacity = static_cast<std::uint32_t>(std::max<std::uint64_t>(4 * block, 4u << 20));
         SharedMemory memory(4096 + capacity);
         Ring& ring = *memory.as<Ring>();
         char* data = memory.as<char>(4096);
