@@ -1149,11 +1149,15 @@ int write_outputs() {
             char cell[64];
             std::snprintf(cell, sizeof cell, "%.1f (%.0f f, %.1f tlb)", value, faults, tlb);
             std::printf(" %32s", cell);
-            handle << '"' << method << "\"," << size << ',' << value << ',' << faults << ',' << tlb << ','
-                   << sample.value.size() << '\n';
         }
         std::printf("\n");
     }
+    for (const std::string& method : kHandleMethods) // one method's sizes together: one line in a plot
+        for (std::uint64_t size : g_settings.message_sizes) {
+            const Sample& sample = g_samples[name_of("handle", method, size)];
+            handle << '"' << method << "\"," << size << ',' << median(sample.value) << ',' << median(sample.faults)
+                   << ',' << median(sample.tlb) << ',' << sample.value.size() << '\n';
+        }
 
     // Crossover sizes.
     auto crossover = [&](const std::string& challenger) -> std::uint64_t {
@@ -1223,32 +1227,48 @@ void draw_plots() {
         std::fprintf(stderr, "bench: gnuplot is not installed (Debian: gnuplot-nox): no plots\n");
         return;
     }
-    std::string script = "set terminal png size 1000,600\nset datafile separator ','\nset key outside\n"
-                         "set grid\n";
-    script += "set output '" + dir + "/latency.png'\nset title '64-byte round trip between two processes'\n"
-              "set ylabel 'nanoseconds (median)'\nset style fill solid 0.6\nset boxwidth 0.6\nset yrange [0:*]\n"
-              "set xtics rotate by -30\nplot '" + dir + "/latency.csv' every ::1 using 0:2:xtic(1) with boxes notitle\n";
-    script += "reset\nset terminal png size 1000,600\nset datafile separator ','\nset key outside\nset grid\n";
-    script += "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size'\n"
-              "set logscale x 2\nset xlabel 'block size (bytes)'\nset ylabel 'GB/s (median)'\n"
-              "plot for [m in '\"ring spin\" \"ring futex\" \"pipe\" \"AF_UNIX stream\" \"vmsplice+splice\" \"memcpy\" \"pool pair\"'] '" +
-              dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
-    const std::uint64_t memfd_cross = [&] {
-        for (std::uint64_t size : g_settings.message_sizes)
-            if (median_of("handle", "fresh memfd per message", size) < median_of("handle", "copy through a socket", size))
-                return size;
-        return std::uint64_t{0};
-    }();
-    script += "reset\nset terminal png size 1000,600\nset datafile separator ','\nset key outside\nset grid\n";
-    script += "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message'\n"
-              "set logscale xy\nset xlabel 'message size (bytes)'\nset ylabel 'microseconds (median)'\n";
-    if (memfd_cross != 0)
-        script += "set arrow from " + std::to_string(memfd_cross) + ", graph 0 to " + std::to_string(memfd_cross) +
-                  ", graph 1 nohead dashtype 2\nset label 'crossover: fresh memfd beats copying' at " +
-                  std::to_string(memfd_cross) + ", graph 0.95 offset 1,0\n";
-    script += "plot for [m in '\"copy through a socket\" \"fresh memfd per message\" \"pool (index only)\" \"pool "
-              "(reader reads every byte)\"'] '" +
-              dir + "/handle.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+    // Sizes on the x axes as people say them.
+    auto size_tics = [](const std::vector<std::uint64_t>& sizes) {
+        std::string tics = "set xtics (";
+        for (std::uint64_t size : sizes)
+            tics += (tics.back() == '(' ? "\"" : ", \"") + size_text(size) + "\" " + std::to_string(size);
+        return tics + ")\n";
+    };
+    const std::string common = "reset\nset terminal png size 1000,600 noenhanced\nset datafile separator ','\n"
+                               "set key outside\nset grid\n";
+    // Latency: bars on a logarithmic scale, so that the spinning waits (tens of nanoseconds)
+    // show beside the sleeping ones (microseconds).
+    std::string script = common + "set output '" + dir + "/latency.png'\n"
+                         "set title '64-byte round trip between two processes (median; spinning waits left)'\n"
+                         "set ylabel 'nanoseconds, logarithmic'\nset logscale y\nset style fill solid 0.6\n"
+                         "set boxwidth 0.6\nset yrange [1:*]\nset xtics rotate by -30\n"
+                         "plot '" + dir + "/latency.csv' every ::1 using 0:2:xtic(1) with boxes notitle\n";
+    // Throughput: one line per method (the CSV lists each method's blocks together).
+    script += common + "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size (median)'\n"
+              "set logscale x 2\nset logscale y\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'block size'\n"
+              "set ylabel 'GB/s, logarithmic'\n" +
+              size_tics(g_settings.blocks) + "plot for [m in '";
+    for (const std::string& method : kThroughputMethods)
+        script += "\"" + method + "\" ";
+    script += "'] '" + dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+    // By handle against by copy, with each crossover marked where there is one.
+    script += common + "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message (median)'\n"
+              "set logscale xy\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'message size'\n"
+              "set ylabel 'microseconds, logarithmic'\n" +
+              size_tics(g_settings.message_sizes);
+    auto mark = [&](std::uint64_t size, const std::string& text, double height) {
+        if (size == 0)
+            return;
+        script += "set arrow from " + std::to_string(size) + ", graph 0 to " + std::to_string(size) +
+                  ", graph 1 nohead dashtype 2\nset label '" + text + " from " + size_text(size) + "' at " +
+                  std::to_string(size) + ", graph " + std::to_string(height) + " offset 1,0\n";
+    };
+    mark(g_memfd_wins, "a fresh memfd beats copying", 0.95);
+    mark(g_pool_wins, "the pool, reading every byte, beats copying", 0.88);
+    script += "plot for [m in '";
+    for (const std::string& method : kHandleMethods)
+        script += "\"" + method + "\" ";
+    script += "'] '" + dir + "/handle.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
     FILE* gnuplot = ::popen("gnuplot", "w");
     if (gnuplot == nullptr)
         fail("popen(gnuplot)");
