@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -146,25 +147,59 @@ inline pid_t check_peer(int socket_fd, const char* peer_role, const Narrator& sa
     return peer.pid;
 }
 
-/// Accepts one connection from a process of this user, waiting at most until `deadline`.
-inline UniqueFd accept_peer(int listener, const Deadline& deadline, const std::string& hint, const Narrator& say) {
+/// Waits, at most until `deadline`, for a client of this user that asks: one that sends an
+/// `ask_length`-byte first message that `is_ask` accepts. Every client is accepted meanwhile and
+/// waits in a list; one that hangs up or says something else is closed, and one that says
+/// nothing is never taken for a reader (another writer checking whether this one is alive, for
+/// example: it connects and closes without a word). At most 16 clients wait at once.
+inline UniqueFd accept_asking(int listener, const Deadline& deadline, std::size_t ask_length,
+                              const std::function<bool(const void*)>& is_ask, const std::string& hint,
+                              const Narrator& say) {
+    std::vector<UniqueFd> waiting;
     for (;;) {
-        if (!wait_readable(listener, &deadline))
-            throw Failure("no reader connected within " + shmtut::seconds_text(deadline.seconds()) + ": " + hint);
-        UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
-        if (!connection) {
-            if (errno == EINTR || errno == ECONNABORTED)
+        shmtut::throw_if_stopped();
+        std::vector<pollfd> entries{{listener, POLLIN, 0}};
+        for (const UniqueFd& client : waiting)
+            entries.push_back({client.get(), POLLIN, 0});
+        auto slice = std::min(deadline.remaining(), std::chrono::nanoseconds(shmtut::kLivenessInterval));
+        int ready = ::poll(entries.data(), entries.size(),
+                           static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(slice).count()));
+        if (ready == -1 && errno != EINTR)
+            shmtut::throw_errno("poll");
+        for (std::size_t i = waiting.size(); ready > 0 && i-- > 0;) {
+            if (entries[i + 1].revents == 0)
                 continue;
-            shmtut::throw_errno("accept4");
+            char first[64] = {};
+            // The first message comes in one piece (16 bytes, one send); anything else is refused.
+            ssize_t n = ::recv(waiting[i].get(), first, std::min(ask_length, sizeof first), MSG_DONTWAIT);
+            if (n == static_cast<ssize_t>(ask_length) && is_ask(first)) {
+                UniqueFd asked = std::move(waiting[i]);
+                say.say("recv(fd=%d) = %zd: the client asks for the pool", asked.get(), n);
+                return asked;
+            }
+            if (n == -1 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            waiting.erase(waiting.begin() + static_cast<std::ptrdiff_t>(i)); // hung up, or said something else
         }
-        say.say("accept4 = %d", connection.get());
-        try {
-            check_peer(connection.get(), "reader", say);
-        } catch (const Failure& refused) {
-            say.say("%s; closed that connection", refused.what());
-            continue;
+        if (ready > 0 && entries[0].revents != 0) {
+            UniqueFd connection(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+            if (connection) {
+                say.say("accept4 = %d", connection.get());
+                try {
+                    check_peer(connection.get(), "client", say);
+                    if (waiting.size() == 16)
+                        waiting.erase(waiting.begin());
+                    waiting.push_back(std::move(connection));
+                } catch (const Failure& refused) {
+                    say.say("%s; closed that connection", refused.what());
+                }
+            } else if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN) {
+                shmtut::throw_errno("accept4");
+            }
         }
-        return connection;
+        if (deadline.expired())
+            throw Failure("no reader asked for the pool within " + shmtut::seconds_text(deadline.seconds()) + ": " +
+                          hint);
     }
 }
 

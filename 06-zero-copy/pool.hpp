@@ -19,11 +19,13 @@
 /// | offset | size | field  | meaning |
 /// |-------:|-----:|--------|---------|
 /// | 0      | 4    | magic  | the bytes `S` `H` `M` `6` |
-/// | 4      | 4    | type   | 1 HELLO, 2 FILLED, 3 RETURNED, 4 END, 5 DONE, 6 BUSY |
+/// | 4      | 4    | type   | 1 HELLO, 2 FILLED, 3 RETURNED, 4 END, 5 DONE, 6 BUSY, 7 ASK |
 /// | 8      | 4    | slot   | FILLED, RETURNED: the slot's index |
 /// | 12     | 4    | length | FILLED: bytes in the slot; otherwise 0 |
 ///
-/// The conversation: writer -> HELLO with exactly one descriptor (the pool); then, any number of
+/// The conversation: reader -> ASK (a connection that says nothing, such as another writer
+/// checking whether this one is alive, is never taken for a reader); writer -> HELLO with exactly
+/// one descriptor (the pool); then, any number of
 /// times and overlapping, writer -> FILLED(slot, length) and reader -> RETURNED(slot); finally
 /// writer -> END, reader -> DONE (the confirmation, after every slot came back). A writer that
 /// already serves a reader answers any other client with BUSY.
@@ -77,7 +79,7 @@ inline const PoolGeometry& geometry_of(const shmtut::SharedHeader& header) {
 inline constexpr std::uint32_t kMagic = 0x364d4853;
 
 /// Message types.
-enum Type : std::uint32_t { kHello = 1, kFilled = 2, kReturned = 3, kEnd = 4, kDone = 5, kBusy = 6 };
+enum Type : std::uint32_t { kHello = 1, kFilled = 2, kReturned = 3, kEnd = 4, kDone = 5, kBusy = 6, kAsk = 7 };
 
 /// One message on the wire.
 struct Message {
@@ -97,6 +99,7 @@ inline const char* type_name(std::uint32_t type) {
     case kEnd: return "END";
     case kDone: return "DONE";
     case kBusy: return "BUSY";
+    case kAsk: return "ASK";
     default: return "unknown";
     }
 }

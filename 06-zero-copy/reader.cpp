@@ -172,6 +172,11 @@ int run(const Options& options) {
     UniqueFd connection = handoff::connect_to(options.name, deadline, "build/06-zero-copy/writer", say);
     pid_t writer_pid = handoff::check_peer(connection.get(), "writer", say);
     try {
+        // Ask: the writer takes for its reader only a client that asks (a silent connection may
+        // be anyone checking that the writer is alive).
+        pool::Message ask{pool::kMagic, pool::kAsk, 0, 0};
+        handoff::send_bytes(connection.get(), &ask, sizeof ask);
+        say.say("send(ASK): 16 bytes that ask for the pool");
         UniqueFd memory = receive_pool(connection.get(), deadline, say);
         // Seals first, then the size: once SHRINK and GROW are on, the size cannot change.
         std::uint64_t size = check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, pool::kSlotsOffset, say);

@@ -24,6 +24,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <optional>
 #include <string>
@@ -261,8 +262,13 @@ int run(const Options& options, const PoolShape& shape) {
             seconds_text(options.timeout_seconds).c_str(), default_name ? "" : " --name ",
             default_name ? "" : options.name.c_str());
     Deadline connect_deadline(options.timeout_seconds);
-    UniqueFd connection = handoff::accept_peer(
-        listener.get(), connect_deadline,
+    UniqueFd connection = handoff::accept_asking(
+        listener.get(), connect_deadline, sizeof(pool::Message),
+        [](const void* bytes) {
+            pool::Message ask;
+            std::memcpy(&ask, bytes, sizeof ask);
+            return ask.magic == pool::kMagic && ask.type == pool::kAsk;
+        },
         "start the reader while the writer waits, or give the writer a longer --timeout", say);
     pass_pool(connection.get(), memory, say);
 

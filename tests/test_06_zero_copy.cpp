@@ -73,13 +73,21 @@ shmtut::UniqueFd accept_within(int listener) {
     return connection;
 }
 
-/// Connects to the real writer's socket: the test plays the reader.
-shmtut::UniqueFd connect_to(const std::string& path) {
+/// Connects to the real writer's socket without a word.
+shmtut::UniqueFd connect_silently(const std::string& path) {
     socklen_t length = 0;
     sockaddr_un address = address_of(path, length);
     shmtut::UniqueFd connection(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     REQUIRE(connection);
     REQUIRE(::connect(connection.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+    return connection;
+}
+
+/// Connects to the real writer's socket and asks for the pool: the test plays the reader.
+shmtut::UniqueFd connect_to(const std::string& path) {
+    shmtut::UniqueFd connection = connect_silently(path);
+    const pool::Message ask{pool::kMagic, pool::kAsk, 0, 0};
+    REQUIRE(::send(connection.get(), &ask, sizeof ask, MSG_NOSIGNAL) == sizeof ask);
     return connection;
 }
 
@@ -347,6 +355,34 @@ TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free s
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
         CHECK_THAT(writer.last_error_line(), contains("the reader died before the end of the stream"));
+    }
+    CHECK(chapter.dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06: a connection that says nothing is not taken for the reader, and a second writer leaves the first alone",
+          "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("20", {"for the reader that asks"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        // Someone connects and says nothing (as anyone checking that the writer is alive does).
+        shmtut::UniqueFd silent = connect_silently(chapter.name);
+        // A second writer on the same name finds the first alive and leaves it alone.
+        Process& second = group.start("second writer", chapter.writer("5", {"x"}));
+        group.wait(second);
+        CHECK(second.exit_code() == 1);
+        CHECK_THAT(second.last_error_line(), contains("a writer is already listening there"));
+        Process& reader = group.start("reader", chapter.reader("20"));
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out == "for the reader that asks\n");
+        CHECK(reader.exit_code() == 0);
+        CHECK(writer.exit_code() == 0);
+        CHECK_THAT(writer.err, contains("the client asks for the pool"));
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
