@@ -16,7 +16,7 @@
 /// writing into bytes being read), a length past the end of the slot are refused.
 ///
 /// The calls: `connect(2)`, `getsockopt(SO_PEERCRED)`, `recvmsg(2)` with `SCM_RIGHTS` and the
-/// checks of chapter 04, `F_GET_SEALS` and `fstat` (chapter 03), one `mmap`; then per message a
+/// checks of chapter 04 (from `common/fdpass.hpp`), `F_GET_SEALS` and `fstat` (chapter 03), one `mmap`; then per message a
 /// `recv` of 16 bytes, a `write(2)` to standard output from the slot itself, and a `send`.
 #include <cerrno>
 #include <cinttypes>
@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "error.hpp"
-#include "handoff.hpp"
+#include "fdpass.hpp"
 #include "layout.hpp"
 #include "narrate.hpp"
 #include "options.hpp"
@@ -77,12 +77,18 @@ struct PoolShape {
 /// descriptor (chapter 04's checks). A BUSY instead means another reader is being served.
 UniqueFd receive_pool(int connection, const Deadline& deadline, const Narrator& say) {
     pool::Message hello{};
-    handoff::Received got = handoff::receive_exact(connection, &hello, sizeof hello, &deadline, "the pool");
-    if (hello.magic == pool::kMagic && hello.type == pool::kBusy)
-        throw Failure("another reader is already being served by this writer: one writer serves one reader");
+    std::vector<UniqueFd> received;
+    try {
+        received = receive_with_fds(connection, &hello, sizeof hello, 1, "the pool", &deadline);
+    } catch (const Failure& e) {
+        // A BUSY carries no descriptor: say what it means rather than "0 descriptors".
+        if (hello.magic == pool::kMagic && hello.type == pool::kBusy && dynamic_cast<const PeerClosed*>(&e) == nullptr)
+            throw Failure("another reader is already being served by this writer: one writer serves one reader");
+        throw;
+    }
     if (hello.magic != pool::kMagic || hello.type != pool::kHello)
         throw Failure("refused: the first message is not HELLO");
-    UniqueFd memory = handoff::only_descriptor(std::move(got));
+    UniqueFd memory = std::move(received.front());
     say.say("recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: HELLO, 1 descriptor (SCM_RIGHTS), no MSG_CTRUNC: fd %d", connection,
             memory.get());
     return memory;
@@ -169,13 +175,22 @@ int run(const Options& options) {
     install_stop_handlers();
     Deadline deadline(options.timeout_seconds);
 
-    UniqueFd connection = handoff::connect_to(options.name, deadline, "build/06-zero-copy/writer", say);
-    pid_t writer_pid = handoff::check_peer(connection.get(), "writer", say);
+    UniqueFd connection = connect_unix(options.name, deadline, "is the writer running? start it first", [&] {
+        say.say("waiting up to %s for a writer: start build/06-zero-copy/writer", seconds_text(deadline.seconds()).c_str());
+    });
+    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", connection.get(),
+            options.name.c_str());
+    ucred writer = peer_credentials(connection.get());
+    if (writer.uid != ::geteuid())
+        throw Failure("the process listening there (pid " + std::to_string(writer.pid) + ") belongs to uid " +
+                      std::to_string(writer.uid) + ", not to this user: refusing it");
+    say.say("getsockopt(SO_PEERCRED): writer pid=%d uid=%u, the same user", writer.pid, writer.uid);
+    const pid_t writer_pid = writer.pid;
     try {
         // Ask: the writer takes for its reader only a client that asks (a silent connection may
         // be anyone checking that the writer is alive).
         pool::Message ask{pool::kMagic, pool::kAsk, 0, 0};
-        handoff::send_bytes(connection.get(), &ask, sizeof ask);
+        send_with_fds(connection.get(), &ask, sizeof ask, {}, "send(ASK)");
         say.say("send(ASK): 16 bytes that ask for the pool");
         UniqueFd memory = receive_pool(connection.get(), deadline, say);
         // Seals first, then the size: once SHRINK and GROW are on, the size cannot change.
@@ -197,11 +212,11 @@ int run(const Options& options) {
             // Take every message that has arrived (waiting for the first as long as the writer
             // lives): the slots named are the reader's until it gives them back.
             pool::Message message{};
-            handoff::receive_plain(connection.get(), &message, sizeof message, nullptr, "the next message");
+            receive_with_fds(connection.get(), &message, sizeof message, 0, "the next message");
             held.take(message);
             pollfd more{connection.get(), POLLIN, 0};
             while (::poll(&more, 1, 0) == 1 && (more.revents & POLLIN) != 0) {
-                handoff::receive_plain(connection.get(), &message, sizeof message, nullptr, "the next message");
+                receive_with_fds(connection.get(), &message, sizeof message, 0, "the next message");
                 held.take(message);
             }
             // Use each slot in place, in order, and give it back.
@@ -209,7 +224,7 @@ int run(const Options& options) {
                 pool::Message next = held.front();
                 if (next.type == pool::kEnd) {
                     pool::Message done{pool::kMagic, pool::kDone, 0, 0};
-                    handoff::send_bytes(connection.get(), &done, sizeof done);
+                    send_with_fds(connection.get(), &done, sizeof done, {}, "send(DONE)");
                     say.say("recv(END); send(DONE): %" PRIu64 " bytes in %" PRIu64
                             " message(s), at most %zu slot(s) held at once, every one returned",
                             total, messages, held.most_held());
@@ -219,7 +234,7 @@ int run(const Options& options) {
                 write_all(STDOUT_FILENO, slots + next.slot * shape.slot_size, next.length);
                 held.give_back();
                 pool::Message returned{pool::kMagic, pool::kReturned, next.slot, 0};
-                handoff::send_bytes(connection.get(), &returned, sizeof returned);
+                send_with_fds(connection.get(), &returned, sizeof returned, {}, "send(RETURNED)");
                 if (messages++ == 0)
                     say.say("recv(FILLED slot=%" PRIu32 " length=%" PRIu32 "); write(stdout) from the slot itself; "
                             "send(RETURNED slot=%" PRIu32 ") (further messages quietly)",
@@ -227,8 +242,8 @@ int run(const Options& options) {
                 total += next.length;
             }
         }
-    } catch (const handoff::PeerClosed& e) {
-        handoff::remove_stale_socket(options.name, say);
+    } catch (const PeerClosed& e) {
+        remove_if_stale(options.name, say);
         throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died before the end of the stream (" +
                       e.what() + ")");
     }
@@ -246,7 +261,7 @@ int main(int argc, char** argv) {
         if (options.help)
             return static_cast<int>(kExitSuccess);
         sockaddr_un check{};
-        handoff::make_address(options.name, check);
+        unix_address(options.name, check);
         return run(options);
     });
 }

@@ -18,8 +18,8 @@
 /// slots: an index out of range, a slot that is not on loan, a slot returned twice are refused.
 ///
 /// The calls: `memfd_create(2)`, `ftruncate`, `posix_fallocate`, `mmap`, `F_ADD_SEALS` (chapter
-/// 03); the socket and `sendmsg` with `SCM_RIGHTS` (chapter 04), once; then `read(2)` from
-/// standard input into the slot and `send(2)` of 16 bytes per message.
+/// 03); the socket and `sendmsg` with `SCM_RIGHTS` (chapter 04, from `common/fdpass.hpp`),
+/// once; then `read(2)` from standard input into the slot and `send(2)` of 16 bytes per message.
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #include "error.hpp"
-#include "handoff.hpp"
+#include "fdpass.hpp"
 #include "layout.hpp"
 #include "narrate.hpp"
 #include "options.hpp"
@@ -172,16 +172,14 @@ private:
     std::uint32_t on_loan_ = 0;
 };
 
-/// One writer serves one reader: anyone else who connects meanwhile gets BUSY and is closed.
-void refuse_others(int listener, const Narrator& say) {
-    pollfd entry{listener, POLLIN, 0};
-    while (::poll(&entry, 1, 0) == 1) {
-        UniqueFd other(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
-        if (!other)
-            return;
+/// One writer serves one reader: any other client that asks meanwhile gets BUSY and is closed
+/// (clients that say nothing wait in `callers`, and are never taken for a reader).
+void refuse_asking(int listener, Callers& callers, const Narrator& say) {
+    callers.accept_waiting(listener);
+    while (UniqueFd other = callers.take_asking()) {
         pool::Message busy{pool::kMagic, pool::kBusy, 0, 0};
-        ::send(other.get(), &busy, sizeof busy, MSG_NOSIGNAL | MSG_DONTWAIT);
-        say.say("another client connected: sent BUSY and closed it");
+        ssize_t sent = ::send(other.get(), &busy, sizeof busy, MSG_NOSIGNAL | MSG_DONTWAIT);
+        say.say("send(fd=%d, BUSY) = %zd: one writer serves one reader; closed it", other.get(), sent);
     }
 }
 
@@ -189,6 +187,7 @@ void refuse_others(int listener, const Narrator& say) {
 struct Session {
     int connection;
     int listener;
+    Callers& callers;
     SlotLedger ledger;
     const Narrator& say;
     bool said_returned = false;
@@ -198,12 +197,13 @@ struct Session {
     bool take_reply(const Deadline* deadline) {
         for (;;) { // wait in one-second slices, answering other clients meanwhile
             throw_if_stopped();
-            pollfd entries[2] = {{connection, POLLIN, 0}, {listener, POLLIN, 0}};
-            int ready = ::poll(entries, 2, static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
+            std::vector<pollfd> entries{{connection, POLLIN, 0}, {listener, POLLIN, 0}};
+            callers.add_to(entries);
+            int ready = ::poll(entries.data(), entries.size(),
+                               static_cast<int>(std::chrono::milliseconds(kLivenessInterval).count()));
             if (ready == -1 && errno != EINTR)
                 throw_errno("poll");
-            if (ready > 0 && entries[1].revents != 0)
-                refuse_others(listener, say);
+            refuse_asking(listener, callers, say);
             if (ready > 0 && entries[0].revents != 0)
                 break;
             if (deadline != nullptr && deadline->expired())
@@ -215,7 +215,7 @@ struct Session {
     /// Receives one reply that has arrived and applies it. Returns true for DONE.
     bool apply_reply(const Deadline* deadline) {
         pool::Message reply{};
-        handoff::receive_plain(connection, &reply, sizeof reply, deadline, "the reader's reply");
+        receive_with_fds(connection, &reply, sizeof reply, 0, "the reader's reply", deadline);
         if (reply.magic != pool::kMagic)
             throw Failure("refused: the reader's reply does not start with SHM6 (garbage on the socket)");
         if (reply.type == pool::kDone)
@@ -244,7 +244,7 @@ struct Session {
 /// writer keeps its mapping, the reader has its own descriptor (a new number, the same pages).
 void pass_pool(int connection, UniqueFd& memory, const Narrator& say) {
     pool::Message hello{pool::kMagic, pool::kHello, 0, 0};
-    handoff::send_with_descriptor(connection, &hello, sizeof hello, memory.get());
+    send_with_fds(connection, &hello, sizeof hello, {memory.get()}, "sendmsg(HELLO)");
     say.say("sendmsg(fd=%d, HELLO + SCM_RIGHTS [%d]) = 16: the pool is passed, once", connection, memory.get());
     memory.reset();
 }
@@ -252,27 +252,36 @@ void pass_pool(int connection, UniqueFd& memory, const Narrator& say) {
 int run(const Options& options, const PoolShape& shape) {
     Narrator say("writer", options.quiet);
     install_stop_handlers();
-    handoff::SocketFile file(say);
+    SocketFile file(say);
 
     Mapping mapping;
     UniqueFd memory = create_pool(shape, mapping, say);
-    UniqueFd listener = handoff::listen_on(options.name, options.force, file, say);
+    UniqueFd listener = listen_unix(options.name, options.force, 8, file, say);
+    say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, bind(\"%s\")%s, listen(%d, 8) = 0",
+            listener.get(), options.name.c_str(), is_abstract(options.name) ? " (abstract: no file)" : " (file mode 0600)",
+            listener.get());
+    // Only a client that asks is a reader: one that connects and says nothing (another writer
+    // checking whether this one is alive) is never served.
+    Callers callers(say, sizeof(pool::Message), [](const std::vector<char>& request) {
+        pool::Message ask;
+        std::memcpy(&ask, request.data(), sizeof ask);
+        return ask.magic == pool::kMagic && ask.type == pool::kAsk ? std::string() : std::string("did not send ASK");
+    });
     const bool default_name = options.name == pool::kDefaultName;
     say.say("waiting up to %s for a reader: start build/06-zero-copy/reader%s%s",
             seconds_text(options.timeout_seconds).c_str(), default_name ? "" : " --name ",
             default_name ? "" : options.name.c_str());
-    Deadline connect_deadline(options.timeout_seconds);
-    UniqueFd connection = handoff::accept_asking(
-        listener.get(), connect_deadline, sizeof(pool::Message),
-        [](const void* bytes) {
-            pool::Message ask;
-            std::memcpy(&ask, bytes, sizeof ask);
-            return ask.magic == pool::kMagic && ask.type == pool::kAsk;
-        },
-        "start the reader while the writer waits, or give the writer a longer --timeout", say);
-    pass_pool(connection.get(), memory, say);
+    UniqueFd connection = wait_for_asking_client(listener.get(), callers, Deadline(options.timeout_seconds));
+    if (!connection)
+        throw Failure("no reader asked for the pool within " + seconds_text(options.timeout_seconds) +
+                      ": start the reader while the writer waits, or give the writer a longer --timeout");
+    try {
+        pass_pool(connection.get(), memory, say);
+    } catch (const PeerClosed& e) {
+        throw Failure(std::string("the reader died before the pool reached it (") + e.what() + ")");
+    }
 
-    Session session{connection.get(), listener.get(), SlotLedger(shape.slot_count), say};
+    Session session{connection.get(), listener.get(), callers, SlotLedger(shape.slot_count), say};
     auto* slots = static_cast<std::uint8_t*>(mapping.get()) + pool::kSlotsOffset;
     Input input(options.operands);
     std::uint64_t messages = 0, total = 0, backpressure_waits = 0;
@@ -294,7 +303,7 @@ int run(const Options& options, const PoolShape& shape) {
             // Fill in place: standard input is read straight into the slot, no buffer between.
             std::uint8_t* slot_bytes = slots + *slot * shape.slot_size;
             std::size_t length = input.next(slot_bytes, shape.slot_size, [&] {
-                refuse_others(session.listener, say);
+                refuse_asking(session.listener, callers, say);
                 pollfd entry{session.connection, POLLIN | POLLRDHUP, 0};
                 return !(::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0);
             });
@@ -304,7 +313,7 @@ int run(const Options& options, const PoolShape& shape) {
             }
             // Hand over: only the index and the length travel; from now on the slot is the reader's.
             pool::Message filled{pool::kMagic, pool::kFilled, *slot, static_cast<std::uint32_t>(length)};
-            handoff::send_bytes(session.connection, &filled, sizeof filled);
+            send_with_fds(session.connection, &filled, sizeof filled, {}, "send(FILLED)");
             session.ledger.loan(*slot);
             if (messages++ == 0)
                 say.say("read(stdin) straight into slot %" PRIu32 " = %zu bytes; send(FILLED slot=%" PRIu32
@@ -313,14 +322,14 @@ int run(const Options& options, const PoolShape& shape) {
             total += length;
         }
         pool::Message end{pool::kMagic, pool::kEnd, 0, 0};
-        handoff::send_bytes(session.connection, &end, sizeof end);
+        send_with_fds(session.connection, &end, sizeof end, {}, "send(END)");
         say.say("%" PRIu64 " bytes in %" PRIu64 " message(s), %" PRIu64
                 " wait(s) for a free slot; send(END); waiting up to %s for every slot and DONE",
                 total, messages, backpressure_waits, seconds_text(options.timeout_seconds).c_str());
         Deadline done_deadline(options.timeout_seconds);
         while (!session.take_reply(&done_deadline)) {
         }
-    } catch (const handoff::PeerClosed& e) {
+    } catch (const PeerClosed& e) {
         throw Failure(std::string("the reader died before the end of the stream (") + e.what() + ")");
     }
     if (session.ledger.on_loan() != 0)
@@ -377,7 +386,7 @@ int main(int argc, char** argv) {
             throw UsageError("--slots x --slot-size is " + std::to_string(shape.slot_count * shape.slot_size) +
                              " bytes; the pool is at most 1 GiB");
         sockaddr_un check{};
-        handoff::make_address(options.name, check); // a usage error if it does not fit
+        unix_address(options.name, check); // a usage error if it does not fit
         options.force = force;
         return run(options, shape);
     });
