@@ -109,10 +109,43 @@ extern "C" void on_sigbus(int signal_number, siginfo_t* info, void*) {
     ::raise(signal_number);
 }
 
-/// Installs on_sigbus() for the mapping at `base`, `length` bytes long.
-void guard_mapping(void* base, std::size_t length, const Narrator& say) {
+// One shrink the SIGBUS handler cannot see: glibc's sem_clockwait looks at the semaphore, then
+// sleeps in futex(2) on its address. If the object shrinks between the two, no access faults in
+// the reader: the kernel itself cannot find the page and futex fails with EFAULT, which glibc
+// takes for a broken invariant: it prints "The futex facility returned an unexpected error code."
+// and calls abort(). So a SIGABRT while the object is smaller than the mapping is that same
+// shrink, seen through glibc. abort() must not return, so the handler ends the process itself:
+// it writes the reader's one error line and _exit(1)s (both async-signal-safe). Nothing is lost:
+// what the reader holds (its descriptor, its lock byte, its mapping) the kernel releases at exit,
+// and an object someone shrank under a living writer is that writer's to remove.
+
+std::atomic<int> g_object_fd{-1}; ///< the object's descriptor, for fstat in on_sigabrt, or -1
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler reads it");
+
+extern "C" void on_sigabrt(int signal_number) {
+    int fd = g_object_fd.load(std::memory_order_relaxed);
+    struct stat status {};
+    if (fd >= 0 && ::fstat(fd, &status) == 0 &&
+        static_cast<std::uint64_t>(status.st_size) < g_mapping_length.load(std::memory_order_relaxed)) {
+        static const char line[] =
+            "reader: the object was shrunk under the reader (glibc's futex call on a semaphore in it failed "
+            "with EFAULT): someone holding a descriptor truncated it; chapter 03's seals make that impossible\n";
+        [[maybe_unused]] ssize_t written = ::write(STDERR_FILENO, line, sizeof line - 1);
+        ::_exit(kExitFailure);
+    }
+    struct sigaction default_action {}; // any other abort: the default action, as before
+    default_action.sa_handler = SIG_DFL;
+    sigemptyset(&default_action.sa_mask);
+    ::sigaction(signal_number, &default_action, nullptr);
+    ::raise(signal_number);
+}
+
+/// Installs on_sigbus() for the mapping at `base`, `length` bytes long, and on_sigabrt() for the
+/// object behind descriptor `fd`.
+void guard_mapping(void* base, std::size_t length, int fd, const Narrator& say) {
     g_mapping_start.store(reinterpret_cast<std::uintptr_t>(base), std::memory_order_relaxed);
     g_mapping_length.store(length, std::memory_order_relaxed);
+    g_object_fd.store(fd, std::memory_order_relaxed);
     const std::string call = "sigaction(SIGBUS, {on_sigbus, SA_SIGINFO})";
     struct sigaction action {};
     action.sa_sigaction = on_sigbus;
@@ -121,6 +154,13 @@ void guard_mapping(void* base, std::size_t length, const Narrator& say) {
     if (::sigaction(SIGBUS, &action, nullptr) == -1)
         throw_errno(call);
     say.say("%s = 0: a fault inside the mapping is recovered, not fatal", call.c_str());
+    const std::string abort_call = "sigaction(SIGABRT, {on_sigabrt})";
+    struct sigaction abort_action {};
+    abort_action.sa_handler = on_sigabrt;
+    sigemptyset(&abort_action.sa_mask);
+    if (::sigaction(SIGABRT, &abort_action, nullptr) == -1)
+        throw_errno(abort_call);
+    say.say("%s = 0: glibc's abort on a futex call into a shrunk object is recognised too", abort_call.c_str());
 }
 
 /// Throws if the handler found the object shrunk: whatever was read since is zeros, not data.
@@ -232,7 +272,7 @@ Mapping map_and_validate(const OpenedObject& object, const Deadline& deadline, H
         throw_errno(call);
     Mapping mapping(base, object.size);
     say.say("%s = %p", call.c_str(), base);
-    guard_mapping(base, object.size, say);
+    guard_mapping(base, object.size, object.fd.get(), say);
 
     const auto& header = *static_cast<const SharedHeader*>(base);
     for (;;) { // the writer stores the magic last
@@ -358,7 +398,8 @@ int run(const Options& options, const posix::ObjectLocation& target) {
 
     const std::size_t length = mapping.size();
     const std::string unmap_call = "munmap(" + posix::address_text(mapping.get()) + ", " + std::to_string(length) + ")";
-    g_mapping_start.store(0, std::memory_order_relaxed); // nothing for the handler to repair any more
+    g_mapping_start.store(0, std::memory_order_relaxed); // nothing for the handlers to repair any more
+    g_object_fd.store(-1, std::memory_order_relaxed);
     // With the name already unlinked, the last munmap (and close) frees the memory.
     if (::munmap(mapping.release(), length) == -1)
         throw_errno(unmap_call);

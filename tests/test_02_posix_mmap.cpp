@@ -10,10 +10,12 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <semaphore.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../02-posix-mmap/protocol.hpp"
@@ -731,6 +733,37 @@ TEST_CASE("02: a reader killed while the writer waits for input makes the writer
         CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
     }
     CHECK_FALSE(chapter.exists());
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("02: an object shrunk just before the reader's futex call makes it exit 1, not abort", "[02][sigbus]") {
+    // The gap the SIGBUS handler cannot see: glibc has looked at the semaphore and is about to
+    // sleep in futex(2) on its address. The test stops the reader at that call's entry, shrinks
+    // the object, and lets the call run: the kernel cannot find the page and answers EFAULT,
+    // which glibc turns into abort(). The reader must still exit 1 with its own message.
+    LeakCheck leaks;
+    Chapter02 chapter;
+    leaks.watch_shm_name(chapter.name);
+    {
+        FakeWriter hostile(chapter.name, shmtut::kHeaderSize + 4096);
+        hostile.publish(4096);
+        ProcessGroup group;
+        Process& reader = group.start("reader", traced(chapter.reader("30")));
+        // The reader's first futex wait is sem_clockwait on "block ready", after its claim.
+        bool stopped = stop_at_syscall(reader, [](const SyscallEntry& call) {
+            const unsigned long command = call.args[1] & FUTEX_CMD_MASK;
+            return call.number == SYS_futex && (command == FUTEX_WAIT || command == FUTEX_WAIT_BITSET);
+        });
+        REQUIRE(stopped);
+        hostile.shrink(0);
+        resume_stopped(reader);
+        group.wait(reader);
+        INFO("reader stderr:\n" << reader.err);
+        CHECK(reader.killed_by() == 0);
+        CHECK(reader.exit_code() == 1);
+        CHECK_THAT(reader.last_error_line(), contains("the object was shrunk under the reader"));
+        CHECK(reader.out.empty());
+    }
     check_nothing_left(leaks);
 }
 
