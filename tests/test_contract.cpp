@@ -193,7 +193,7 @@ const Chapter kMemfd = {
     .folder = "03-memfd", .make_place = no_place, .reader_for = printed_reader,
     .writer_waits = "reader --pid ", .no_writer = "start the writer first",
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
-    .second_reader = "already claimed", .stale = nullptr,
+    .second_reader = "has already claimed this memory", .stale = nullptr,
     .corrupt_header = corrupt_memfd, .unavailable = always_available};
 const Chapter kFdPassing = {
     .folder = "04-fd-passing", .make_place = socket_place, .reader_for = named_reader,
@@ -208,12 +208,14 @@ const Chapter kDmaBuf = {
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
     .second_reader = "already", .stale = "--force",
     .corrupt_header = nullptr, .unavailable = dma_buf_unavailable};
-
 // Chapter 06's writer keeps its pool's memfd open until a reader connects, so a corrupted header
 // is made as for 04, through /proc/PID/fd.
-const Chapter kZeroCopy = {"06-zero-copy", socket_place, named_reader, "waiting up to", "is the writer running?",
-                           "died before the end of the stream", "the reader died", "already", "--force",
-                           corrupt_memfd, always_available};
+const Chapter kZeroCopy = {
+    .folder = "06-zero-copy", .make_place = socket_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "another reader is already being served", .stale = "remove it with: rm ",
+    .corrupt_header = corrupt_memfd, .unavailable = always_available};
 
 /// What every case ends with: nothing the case named is left, and its private folder is empty.
 void check_place_empty(const LeakCheck& leaks, const Place& place) {
