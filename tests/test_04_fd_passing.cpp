@@ -220,56 +220,6 @@ TEST_CASE("04: an abstract socket name works and leaves no file", "[04]") {
     check_nothing_left(leaks);
 }
 
-TEST_CASE("04: a writer killed with SIGKILL is reported dead, and its socket file removed", "[04]") {
-    LeakCheck leaks;
-    Chapter04 chapter;
-    leaks.watch_path(chapter.name);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("30"), Stdin::kPipe);
-        Process& reader = group.start("reader", chapter.reader("30"));
-        group.feed(writer, "typed so far\n", false);
-        group.wait_for_stdout(reader, 13);
-        group.signal(writer, SIGKILL);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("reader stderr:\n" << reader.err);
-        CHECK(reader.out == "typed so far\n");
-        CHECK(reader.exit_code() == 1);
-        CHECK_THAT(reader.last_error_line(), contains("died before the end of the stream"));
-        CHECK_THAT(reader.err, contains("removed the socket file the dead writer left"));
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
-TEST_CASE("04: a stale socket file is reported with the rm command, and --force replaces it", "[04]") {
-    LeakCheck leaks;
-    Chapter04 chapter;
-    leaks.watch_path(chapter.name);
-    {
-        UniqueFd stale = listen_at(chapter.name); // bound, then closed: a file nobody listens on
-    }
-    {
-        ProcessGroup group;
-        Process& refused = group.start("writer", chapter.writer("5", {"x"}));
-        group.wait(refused);
-        CHECK(refused.exit_code() == 1);
-        CHECK_THAT(refused.last_error_line(), contains("a socket file left by a crashed run"));
-        CHECK_THAT(refused.last_error_line(), contains("remove it with: rm " + chapter.name));
-        Process& forced = group.start("writer", chapter.writer("10", {"--force", "replaced"}));
-        group.wait_for_stderr(forced, "waiting up to");
-        CHECK_THAT(forced.err, contains("the stale socket file is gone"));
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(forced);
-        group.wait(reader);
-        CHECK(forced.exit_code() == 0);
-        CHECK(reader.out == "replaced\n");
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("04: a second writer on the same name exits 1, with or without --force, and the first one serves its reader",
           "[04]") {
     LeakCheck leaks;

@@ -53,7 +53,7 @@ struct Chapter {
     const char* writer_died;       ///< what the reader says when the writer is killed mid-stream
     const char* reader_died;       ///< what the writer says when the reader is killed
     const char* second_reader;     ///< what a second reader of the same writer is told
-    const char* stale;             ///< what a writer meeting a crashed writer's objects says
+    const char* stale;             ///< what a writer meeting a crashed writer's objects says (named chapters)
     /// Plays a faulty writer: changes the header of the live `writer`'s shared memory in place.
     /// Null where the test cannot reach the memory (a dma-buf cannot be opened again by path).
     void (*corrupt_header)(const Place& place, const Process& writer, void (*change)(shmtut::SharedHeader&));
@@ -174,29 +174,48 @@ std::string dma_buf_unavailable() {
 }
 
 // The table. Phrases are the parts of each program's messages that say what happened.
-const Chapter kSysv = {"01-sysv", key_file_place, named_reader, "waiting up to", "is the writer running?",
-                       "died before the end of the stream", "the reader died", "already claimed", "--force",
-                       corrupt_sysv, always_available};
-// Chapter 02's writer removes the name once a reader has claimed the object (open, then unlink), so
-// a second reader finds no name at all.
-const Chapter kPosix = {"02-posix-mmap", shm_name_place, named_reader, "waiting up to", "is the writer running?",
-                        "died before the end of the stream", "the reader died", "No such file or directory", "--force",
-                        corrupt_posix, always_available};
-const Chapter kMemfd = {"03-memfd", no_place, printed_reader, "reader --pid ", "start the writer first",
-                        "died before the end of the stream", "the reader died", "already claimed", "",
-                        corrupt_memfd, always_available};
-const Chapter kFdPassing = {"04-fd-passing", socket_place, named_reader, "waiting up to", "is the writer running?",
-                            "died before the end of the stream", "the reader died", "already", "--force",
-                            corrupt_memfd, always_available};
-const Chapter kDmaBuf = {"05-dma-buf", socket_place, named_reader, "waiting up to", "is the writer running?",
-                         "died before the end of the stream", "the reader died", "already", "--force", nullptr,
-                         dma_buf_unavailable};
-
+const Chapter kSysv = {
+    .folder = "01-sysv", .make_place = key_file_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "has already claimed this writer's segment", .stale = "remove them with 'ipcrm -M 0x",
+    .corrupt_header = corrupt_sysv, .unavailable = always_available};
+// Chapter 02's writer removes the name once a reader has claimed the object (open, then unlink),
+// so a second reader finds no name at all.
+const Chapter kPosix = {
+    .folder = "02-posix-mmap", .make_place = shm_name_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "No such file or directory", .stale = "remove it with 'rm /dev/shm/",
+    .corrupt_header = corrupt_posix, .unavailable = always_available};
+// Chapter 03's memfd has no name: the reader uses the pid and descriptor the writer prints.
+const Chapter kMemfd = {
+    .folder = "03-memfd", .make_place = no_place, .reader_for = printed_reader,
+    .writer_waits = "reader --pid ", .no_writer = "start the writer first",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "has already claimed this memory", .stale = nullptr,
+    .corrupt_header = corrupt_memfd, .unavailable = always_available};
+const Chapter kFdPassing = {
+    .folder = "04-fd-passing", .make_place = socket_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running?",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "already", .stale = "remove it with: rm ",
+    .corrupt_header = corrupt_memfd, .unavailable = always_available};
+// Chapter 05's dma-buf cannot be opened again through /proc/PID/fd: no corrupted-header case.
+const Chapter kDmaBuf = {
+    .folder = "05-dma-buf", .make_place = socket_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running?",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "already", .stale = "--force",
+    .corrupt_header = nullptr, .unavailable = dma_buf_unavailable};
 // Chapter 06's writer keeps its pool's memfd open until a reader connects, so a corrupted header
 // is made as for 04, through /proc/PID/fd.
-const Chapter kZeroCopy = {"06-zero-copy", socket_place, named_reader, "waiting up to", "is the writer running?",
-                           "died before the end of the stream", "the reader died", "already", "--force",
-                           corrupt_memfd, always_available};
+const Chapter kZeroCopy = {
+    .folder = "06-zero-copy", .make_place = socket_place, .reader_for = named_reader,
+    .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .second_reader = "another reader is already being served", .stale = "remove it with: rm ",
+    .corrupt_header = corrupt_memfd, .unavailable = always_available};
 
 /// What every case ends with: nothing the case named is left, and its private folder is empty.
 void check_place_empty(const LeakCheck& leaks, const Place& place) {
