@@ -455,6 +455,56 @@ void corrupted_header(const Chapter& chapter) {
     check_place_empty(leaks, place);
 }
 
+/// `argv` run through the shell with one of its standard descriptors closed (`redirect` is
+/// `<&-` or `>&-`), as a careless script or a service manager may start it.
+std::vector<std::string> with_closed(const char* redirect, const std::vector<std::string>& argv) {
+    std::vector<std::string> shell = {"/bin/sh", "-c", std::string("exec \"$@\" ") + redirect, "sh"};
+    shell.insert(shell.end(), argv.begin(), argv.end());
+    return shell;
+}
+
+// A closed standard descriptor is a free number: the next open(), shm_open() or memfd_create()
+// gets it. A writer whose stdin is closed would then "read standard input" from its own shared
+// memory and send the header as data; a reader whose stdout is closed would write the stream
+// into whatever descriptor took number 1 and report success.
+void writer_stdin_closed(const Chapter& chapter) {
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", with_closed("<&-", writer_command(chapter, place, "10")));
+        group.wait_for_stderr(writer, chapter.writer_waits);
+        Process& reader = group.start("reader", chapter.reader_for(chapter, place, &writer, "10", {}));
+        group.wait(writer);
+        group.wait(reader);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out.empty()); // nothing that was not on its standard input
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("stdin"));
+        CHECK(reader.exit_code() == 1);
+    }
+    check_place_empty(leaks, place);
+}
+
+void reader_stdout_closed(const Chapter& chapter) {
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", writer_command(chapter, place, "10", {"lost"}));
+        group.wait_for_stderr(writer, chapter.writer_waits);
+        Process& reader =
+            group.start("reader", with_closed(">&-", chapter.reader_for(chapter, place, &writer, "10", {})));
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.exit_code() == 1); // the stream did not reach its standard output
+        CHECK_THAT(reader.last_error_line(), contains("stdout"));
+        CHECK(writer.exit_code() == 1);
+    }
+    check_place_empty(leaks, place);
+}
+
 } // namespace
 
 /// Runs `body` for `chapter`, or records the case as skipped where the chapter cannot run here.
@@ -462,6 +512,13 @@ void corrupted_header(const Chapter& chapter) {
     TEST_CASE(tag ": contract: " title, "[" tag "][contract]") {            \
         if (std::string why = (chapter).unavailable(); !why.empty())        \
             SKIP_TEST(why);                                                 \
+        body(chapter);                                                      \
+    }
+
+/// Runs `body` for `chapter` on any machine: options and `--help` are handled before a program
+/// looks for what its chapter needs (a dma-buf device), so they are tested even where that is missing.
+#define CONTRACT_CASE_ANY_MACHINE(tag, chapter, title, body)                \
+    TEST_CASE(tag ": contract: " title, "[" tag "][contract]") {            \
         body(chapter);                                                      \
     }
 
@@ -473,9 +530,11 @@ void corrupted_header(const Chapter& chapter) {
     CONTRACT_CASE(tag, chapter, "a writer killed mid-stream is reported dead, not timed out", killed_writer)        \
     CONTRACT_CASE(tag, chapter, "a killed reader makes the writer clean up and fail", killed_reader)               \
     CONTRACT_CASE(tag, chapter, "a second reader is refused, and the first gets everything", second_reader_refused) \
-    CONTRACT_CASE(tag, chapter, "usage errors exit 2 with one line pointing to --help", usage_errors)              \
-    CONTRACT_CASE(tag, chapter, "--help prints the usage on stdout and exits 0", help)                              \
-    CONTRACT_CASE(tag, chapter, "a header with a wrong magic number is refused", corrupted_header)
+    CONTRACT_CASE_ANY_MACHINE(tag, chapter, "usage errors exit 2 with one line pointing to --help", usage_errors)              \
+    CONTRACT_CASE_ANY_MACHINE(tag, chapter, "--help prints the usage on stdout and exits 0", help)                              \
+    CONTRACT_CASE(tag, chapter, "a header with a wrong magic number is refused", corrupted_header)                 \
+    CONTRACT_CASE(tag, chapter, "a writer whose stdin is closed sends nothing and fails", writer_stdin_closed)    \
+    CONTRACT_CASE(tag, chapter, "a reader whose stdout is closed fails, not reports success", reader_stdout_closed)
 
 /// The cases of a pair whose reader finds the writer by a name: it may start first, and a
 /// crashed writer leaves a named object behind.
