@@ -115,25 +115,6 @@ private:
     void* base_ = nullptr;
 };
 
-/// The `unshare` options that give a program the namespaces in `wanted` ("--mount", "--pid
-/// --fork"...) here: as root, just those; otherwise inside a user namespace of its own, where the
-/// user is root and may mount a tmpfs or start a pid namespace. Empty when this machine allows
-/// neither (unprivileged user namespaces switched off).
-std::vector<std::string> unshare_for(const std::vector<std::string>& wanted) {
-    std::vector<std::string> argv = {"/usr/bin/unshare"};
-    if (::geteuid() != 0) {
-        argv.push_back("--user");
-        argv.push_back("--map-root-user");
-    }
-    argv.insert(argv.end(), wanted.begin(), wanted.end());
-    std::string probe;
-    for (const std::string& word : argv)
-        probe += word + " ";
-    if (std::system((probe + "/bin/true >/dev/null 2>&1").c_str()) != 0)
-        return {};
-    return argv;
-}
-
 } // namespace
 
 TEST_CASE("02: step 1, the bare pair carries its message and leaves nothing behind", "[02]") {
