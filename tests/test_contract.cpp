@@ -480,7 +480,8 @@ void writer_stdin_closed(const Chapter& chapter) {
         INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
         CHECK(reader.out.empty()); // nothing that was not on its standard input
         CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("stdin"));
+        CHECK_THAT(writer.last_error_line(), contains("read(stdin)"));
+        CHECK_THAT(writer.last_error_line(), contains("standard input is closed")); // and what to do
         CHECK(reader.exit_code() == 1);
     }
     check_place_empty(leaks, place);
@@ -499,7 +500,8 @@ void reader_stdout_closed(const Chapter& chapter) {
         group.wait(writer);
         INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
         CHECK(reader.exit_code() == 1); // the stream did not reach its standard output
-        CHECK_THAT(reader.last_error_line(), contains("stdout"));
+        CHECK_THAT(reader.last_error_line(), contains("write(stdout)"));
+        CHECK_THAT(reader.last_error_line(), contains("standard output is closed")); // and what to do
         CHECK(writer.exit_code() == 1);
     }
     check_place_empty(leaks, place);
