@@ -855,30 +855,6 @@ TEST_CASE("02: a block longer than the data area is refused, even when the write
     check_nothing_left(leaks);
 }
 
-TEST_CASE("02: a reader in another pid namespace that shares /dev/shm works with the writer", "[02]") {
-    std::vector<std::string> unshare = unshare_for({"--pid", "--fork"});
-    if (unshare.empty())
-        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
-    LeakCheck leaks;
-    Chapter02 chapter;
-    leaks.watch_shm_name(chapter.name);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"across pid namespaces"}));
-        std::vector<std::string> reader_command = chapter.reader("10");
-        reader_command.insert(reader_command.begin(), unshare.begin(), unshare.end());
-        Process& reader = group.start("reader", reader_command);
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.out == "across pid namespaces\n");
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-        CHECK_THAT(reader.err, contains("claimed")); // the reader's pid is 1 in its namespace
-    }
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("02: a symbolic link planted at the name is never followed and never removed through", "[02]") {
     LeakCheck leaks;
     Chapter02 chapter;

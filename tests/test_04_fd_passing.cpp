@@ -202,38 +202,6 @@ TEST_CASE("04: a message arrives exactly, and the descriptor's journey is narrat
     check_nothing_left(leaks);
 }
 
-// The header's writer pid is a number in the writer's own pid namespace; SO_PEERCRED gives the
-// pid as the reader's namespace sees it (0 when the writer is not visible there). The socket is
-// the proof of who sent the memory; the header's pid is a claim that need not match.
-TEST_CASE("04: a writer and a reader in different pid namespaces work together", "[04]") {
-    std::vector<std::string> unshare = unshare_for({"--pid", "--fork"});
-    if (unshare.empty())
-        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
-    for (bool writer_inside : {false, true}) {
-        DYNAMIC_SECTION((writer_inside ? "the writer" : "the reader") << " in a pid namespace of its own") {
-            LeakCheck leaks;
-            Chapter04 chapter;
-            leaks.watch_path(chapter.name);
-            {
-                ProcessGroup group;
-                std::vector<std::string> writer_command = chapter.writer("10", {"across pid namespaces"});
-                std::vector<std::string> reader_command = chapter.reader("10");
-                std::vector<std::string>& moved = writer_inside ? writer_command : reader_command;
-                moved.insert(moved.begin(), unshare.begin(), unshare.end());
-                Process& writer = group.start("writer", writer_command);
-                Process& reader = group.start("reader", reader_command);
-                group.wait(writer);
-                group.wait(reader);
-                INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-                CHECK(reader.out == "across pid namespaces\n");
-                CHECK(reader.exit_code() == 0);
-                CHECK(writer.exit_code() == 0);
-            }
-            check_nothing_left(leaks);
-        }
-    }
-}
-
 TEST_CASE("04: an abstract socket name works and leaves no file", "[04]") {
     LeakCheck leaks;
     const std::string name = "@" + unique_name("shmtut-test");

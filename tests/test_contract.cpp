@@ -455,6 +455,39 @@ void corrupted_header(const Chapter& chapter) {
     check_place_empty(leaks, place);
 }
 
+// A pid is a number in one pid namespace: a writer and a reader in different namespaces (two
+// containers sharing /dev/shm, an IPC namespace or a socket directory) see different pids for
+// the same process. Liveness and trust must come from the kernel's objects, never from a pid.
+void across_pid_namespaces(const Chapter& chapter) {
+    std::vector<std::string> unshare = unshare_for({"--pid", "--fork"});
+    if (unshare.empty())
+        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
+    for (bool writer_inside : {false, true}) {
+        DYNAMIC_SECTION((writer_inside ? "the writer" : "the reader") << " in a pid namespace of its own") {
+            LeakCheck leaks;
+            Place place = chapter.make_place(leaks);
+            {
+                ProcessGroup group;
+                std::vector<std::string> writer_argv = writer_command(chapter, place, "10", {"across pid namespaces"});
+                std::vector<std::string> reader_argv = chapter.reader_for(chapter, place, nullptr, "10", {});
+                std::vector<std::string>& moved = writer_inside ? writer_argv : reader_argv;
+                moved.insert(moved.begin(), unshare.begin(), unshare.end());
+                Pair pair;
+                pair.writer = &group.start("writer", writer_argv);
+                group.wait_for_stderr(*pair.writer, chapter.writer_waits);
+                pair.reader = &group.start("reader", reader_argv);
+                group.wait(*pair.writer);
+                group.wait(*pair.reader);
+                INFO("writer stderr:\n" << pair.writer->err << "reader stderr:\n" << pair.reader->err);
+                CHECK(pair.reader->out == "across pid namespaces\n");
+                CHECK(pair.reader->exit_code() == 0);
+                CHECK(pair.writer->exit_code() == 0);
+            }
+            check_place_empty(leaks, place);
+        }
+    }
+}
+
 /// `argv` run through the shell with one of its standard descriptors closed (`redirect` is
 /// `<&-` or `>&-`), as a careless script or a service manager may start it.
 std::vector<std::string> with_closed(const char* redirect, const std::vector<std::string>& argv) {
@@ -542,7 +575,8 @@ void reader_stdout_closed(const Chapter& chapter) {
 /// crashed writer leaves a named object behind.
 #define CONTRACT_NAMED_CASES(tag, chapter)                                                                         \
     CONTRACT_CASE(tag, chapter, "a reader started first waits for the writer", reader_first)                        \
-    CONTRACT_CASE(tag, chapter, "what a crashed writer left is reported, and --force replaces it", stale_object)
+    CONTRACT_CASE(tag, chapter, "what a crashed writer left is reported, and --force replaces it", stale_object) \
+    CONTRACT_CASE(tag, chapter, "a writer and a reader in different pid namespaces work together", across_pid_namespaces)
 
 CONTRACT_CASES("01", kSysv)
 CONTRACT_NAMED_CASES("01", kSysv)
