@@ -196,6 +196,7 @@ void write_pages(const Mapping& mapping, const char* text) {
 /// closed its end or died). `deadline` null: wait as long as the peer lives.
 bool read_exactly(int fd, void* buffer, std::size_t size, const Deadline* deadline, const char* what) {
     auto* bytes = static_cast<char*>(buffer);
+    const std::string source = fd == STDIN_FILENO ? "stdin" : "pipe"; // for the error: which read failed
     std::size_t done = 0;
     while (done < size) {
         throw_if_stopped();
@@ -204,12 +205,12 @@ bool read_exactly(int fd, void* buffer, std::size_t size, const Deadline* deadli
         pollfd ready{fd, POLLIN, 0};
         int waited = ::poll(&ready, 1, 1000); // one-second slices: the stop flag is checked between
         if (waited == -1 && errno != EINTR)
-            throw_errno("poll(pipe)");
+            throw_errno("poll(" + source + ")");
         if (waited <= 0)
             continue;
         ssize_t got = ::read(fd, bytes + done, size - done);
         if (got == -1 && errno != EINTR)
-            throw_errno("read(pipe)");
+            throw_errno("read(" + source + ")");
         if (got == 0) {
             if (done == 0)
                 return false;

@@ -115,14 +115,18 @@ struct SocketFile {
 /// What is at the socket path, looked at without disturbing anyone: `lstat` (a symbolic link is
 /// seen as one, never followed), then a non-blocking `connect`, closed at once without a byte
 /// sent. A writer takes only a client that asks (HELLO) for its reader, so this probe cannot
-/// steal a live writer's reader. EAGAIN: someone listens, with a full queue.
-enum class AtPath { kNothing, kLiveListener, kStaleSocket, kNotASocket };
+/// steal a live writer's reader. EAGAIN: someone listens, with a full queue. A socket file of
+/// another user is not looked into: this user may not connect to it (EACCES) nor remove it from
+/// a sticky directory such as /tmp, and whether that user's writer lives is not ours to judge.
+enum class AtPath { kNothing, kLiveListener, kStaleSocket, kNotASocket, kOtherUsers };
 AtPath look_at(const std::string& name, const sockaddr_un& address, socklen_t length) {
     struct stat info {};
     if (::lstat(name.c_str(), &info) == -1)
         return errno == ENOENT ? AtPath::kNothing : AtPath::kNotASocket;
     if (!S_ISSOCK(info.st_mode))
         return AtPath::kNotASocket;
+    if (info.st_uid != ::geteuid())
+        return AtPath::kOtherUsers;
     UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!probe)
         throw_errno("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC)");
@@ -166,6 +170,9 @@ UniqueFd listen_on(const std::string& name, bool force, SocketFile& file, const 
         case AtPath::kNotASocket:
             throw_error(EADDRINUSE, bind_call, "the path exists and is not a socket (a file, a directory or a "
                                                "symbolic link): not following it, not removing it");
+        case AtPath::kOtherUsers:
+            throw_error(EADDRINUSE, bind_call, "the socket file there belongs to another user: not connecting to "
+                                               "it, not removing it, --force or not; use another --name");
         case AtPath::kStaleSocket:
             if (!force)
                 throw_error(EADDRINUSE, bind_call, "a socket file left by a crashed run (nobody listens on it); "

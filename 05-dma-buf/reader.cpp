@@ -135,9 +135,10 @@ int run(const Options& options) {
     HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
     dmabuf::sync(buffer.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ, "END|READ");
     validate_header(header, size);
-    if (static_cast<pid_t>(header.writer_pid) != writer_pid)
-        throw Failure("the header names writer pid " + std::to_string(header.writer_pid) + ", but pid " +
-                      std::to_string(writer_pid) + " sent it: refusing it");
+    // The header's writer_pid is not compared with SO_PEERCRED's: the connection is the proof
+    // of who sent the memory, and the header's number is the writer's pid in its own pid
+    // namespace, which is another number (or 0, invisible) in a reader started in another
+    // namespace (a container, unshare --pid). Comparing them would refuse a genuine writer there.
     const std::uint64_t capacity = header.data_capacity;
     say.say("SYNC START|READ, header valid: magic=0x%08x version=%u data_capacity=%llu, SYNC END|READ", header.magic,
             header.version, static_cast<unsigned long long>(capacity));

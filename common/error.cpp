@@ -8,6 +8,8 @@
 #include <cstring>
 #include <exception>
 
+#include <fcntl.h>
+
 namespace shmtut {
 
 void throw_errno(const std::string& call, std::string hint) {
@@ -29,6 +31,7 @@ Interrupted::Interrupted(int signal_number)
     : std::runtime_error("interrupted by " + signal_name(signal_number)), signal_number_(signal_number) {}
 
 int run_main(const char* role, const std::function<int()>& body) noexcept {
+    reserve_standard_descriptors();
     try {
         return body();
     } catch (const UsageError& e) {
@@ -52,6 +55,20 @@ int run_main(const char* role, const std::function<int()>& body) noexcept {
     } catch (...) {
         std::fprintf(stderr, "%s: unknown error\n", role);
         return kExitFailure;
+    }
+}
+
+void reserve_standard_descriptors() noexcept {
+    // open(2) returns the lowest free number, so 0, 1, 2 are filled in order. /dev/null opened
+    // for writing only makes read(0) fail with EBADF, and opened for reading only makes write(1)
+    // and write(2) fail with EBADF, as they would on the closed descriptor: the program's own
+    // error says "read(stdin): Bad file descriptor" instead of using its shared memory as input.
+    for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
+        if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        int placeholder = ::open("/dev/null", (fd == STDIN_FILENO ? O_WRONLY : O_RDONLY));
+        if (placeholder != -1 && placeholder != fd)
+            ::close(placeholder); // a lower number was free after all: leave that one
     }
 }
 

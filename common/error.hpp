@@ -82,4 +82,12 @@ private:
 /// after printing `--help`).
 int run_main(const char* role, const std::function<int()>& body) noexcept;
 
+/// Fills a closed standard descriptor (0, 1 or 2) with /dev/null opened so that using it fails
+/// with EBADF, as the closed descriptor would. Without it the next open(), shm_open() or
+/// memfd_create() would get the free number: a writer started with `<&-` would stream its own
+/// shared memory as "standard input", a reader started with `>&-` would write the stream into
+/// its own socket or object and report success, and narration would land in shared memory.
+/// run_main() calls it first.
+void reserve_standard_descriptors() noexcept;
+
 } // namespace shmtut

@@ -79,6 +79,8 @@ SocketState probe_socket(const std::string& name) {
             return errno == ENOENT ? SocketState::kMissing : SocketState::kNotASocket;
         if (!S_ISSOCK(info.st_mode))
             return SocketState::kNotASocket;
+        if (info.st_uid != ::geteuid()) // not ours to judge alive or dead, nor to remove
+            return SocketState::kOtherUsers;
     }
     sockaddr_un address{};
     socklen_t length = unix_address(name, address);
@@ -133,6 +135,9 @@ UniqueFd listen_unix(const std::string& name, bool force, int backlog, SocketFil
         case SocketState::kNotASocket:
             throw_error(EADDRINUSE, call, "the path exists and is not a socket (a file, a directory or a symbolic "
                                           "link): not following it, not removing it; choose another --name");
+        case SocketState::kOtherUsers:
+            throw_error(EADDRINUSE, call, "the socket file there belongs to another user: not connecting to it, not "
+                                          "removing it, --force or not; use another --name");
         case SocketState::kMissing: // gone meanwhile: try once more below
             break;
         case SocketState::kStale:

@@ -71,6 +71,7 @@ enum class SocketState {
     kListening,  ///< a process listens there (its queue may be full): alive, leave it alone
     kStale,      ///< a socket file nobody listens on (ECONNREFUSED): a dead run's leftover
     kNotASocket, ///< a regular file, a directory, a symbolic link...: never followed nor removed
+    kOtherUsers, ///< a socket file of another user: not probed (EACCES), never removed, --force or not
 };
 
 /// Looks at `name`: `lstat` (a symbolic link is reported, not followed), then one non-blocking

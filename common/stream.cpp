@@ -41,7 +41,9 @@ std::size_t Input::next(std::uint8_t* destination, std::size_t capacity, const s
             if (n >= 0)
                 return static_cast<std::size_t>(n);
             if (errno != EINTR && errno != EAGAIN)
-                throw_errno("read(stdin)");
+                throw_errno("read(stdin)", errno == EBADF ? "standard input is closed (or write-only): give the "
+                                                            "message as arguments, or redirect it from a file"
+                                                          : "");
         }
         // Every second, and at once when a watched descriptor is ready.
         if (!reader_alive())
@@ -57,7 +59,10 @@ void write_all(int fd, const std::uint8_t* bytes, std::uint64_t length) {
                 throw_if_stopped();
                 continue;
             }
-            throw_errno("write(stdout)", errno == EPIPE ? "the program reading the output stopped" : "");
+            throw_errno("write(stdout)", errno == EPIPE   ? "the program reading the output stopped"
+                                         : errno == EBADF ? "standard output is closed (or read-only): redirect it "
+                                                            "to a file or a program"
+                                                          : "");
         }
         bytes += n;
         length -= static_cast<std::uint64_t>(n);

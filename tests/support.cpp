@@ -748,4 +748,19 @@ std::string descriptor_target(const Process& process, int fd) {
     return n > 0 ? std::string(target, static_cast<std::size_t>(n)) : std::string();
 }
 
+std::vector<std::string> unshare_for(const std::vector<std::string>& wanted) {
+    std::vector<std::string> argv = {"/usr/bin/unshare"};
+    if (::geteuid() != 0) {
+        argv.push_back("--user");
+        argv.push_back("--map-root-user");
+    }
+    argv.insert(argv.end(), wanted.begin(), wanted.end());
+    std::string probe;
+    for (const std::string& word : argv)
+        probe += word + " ";
+    if (std::system((probe + "/bin/true >/dev/null 2>&1").c_str()) != 0)
+        return {};
+    return argv;
+}
+
 } // namespace testsupport

@@ -255,6 +255,12 @@ bool is_get_seals(const SyscallEntry& call, int fd = -1);
 /// stop_at_syscall() predicate tell the program's own calls from the dynamic loader's.
 std::string descriptor_target(const Process& process, int fd);
 
+/// The `unshare` command line (to put before a program's own) that gives it the namespaces in
+/// `wanted` ("--mount", "--pid --fork"...) here: as root, just those; otherwise inside a user
+/// namespace of its own, where the user is root and may mount a tmpfs or start a pid namespace.
+/// Empty when this machine allows neither (unprivileged user namespaces switched off).
+std::vector<std::string> unshare_for(const std::vector<std::string>& wanted);
+
 } // namespace testsupport
 
 /// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason

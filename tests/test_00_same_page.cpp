@@ -284,3 +284,18 @@ TEST_CASE("00: SIGTERM during the pause ends both processes cleanly", "[00]") {
     }
     check_nothing_left(leaks);
 }
+
+TEST_CASE("00: --pause with standard input closed fails naming read(stdin), and leaves no child", "[00]") {
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process& program = group.start(
+            "same_page", {"/bin/sh", "-c", "exec \"$@\" <&-", "sh", binary("00-same-page/same_page"), "--pause", "--quiet"});
+        group.wait(program);
+        INFO("stderr:\n" << program.err);
+        CHECK(program.exit_code() == 1);
+        CHECK(contains_text(program.last_error_line(), "read(stdin)")); // the call that failed, by its name
+        CHECK_FALSE(group.any_member_alive());
+    }
+    check_nothing_left(leaks);
+}

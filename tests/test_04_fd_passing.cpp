@@ -4,6 +4,7 @@
 ///        reader the wrong thing, each refused with exit status 1, a clear error, and no
 ///        descriptor left open.
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -778,6 +779,58 @@ while True:
         CHECK(reader.out == "from C++\nto Python\n");
         CHECK(reader.exit_code() == 0);
         CHECK(writer.exit_code() == 0);
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("04: a socket file of another user at the name is reported as such, never probed past nor removed",
+          "[04]") {
+    std::optional<RunAs> other = unprivileged_ids();
+    if (!other)
+        SKIP_TEST("not root: this case starts a writer under another uid");
+    LeakCheck leaks;
+    TempDir dir;
+    REQUIRE(::chmod(dir.path().c_str(), 01777) == 0); // shared and sticky, as /tmp
+    const std::string live = dir.file("live"), stale = dir.file("stale");
+    leaks.watch_path(live);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", command("04-fd-passing/writer", {"--name", live}, "30", {"mine"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        for (const char* force : {"", "--force"}) {
+            std::vector<std::string> extra = {"x"};
+            if (*force != '\0')
+                extra.insert(extra.begin(), force);
+            Process& stranger = group.start("writer as 65534", command("04-fd-passing/writer", {"--name", live}, "5", extra),
+                                            Stdin::kNull, *other);
+            group.wait(stranger);
+            INFO("writer as 65534 " << force << " stderr:\n" << stranger.err);
+            CHECK(stranger.exit_code() == 1);
+            CHECK_THAT(stranger.last_error_line(), contains("belongs to another user"));
+        }
+        CHECK_FALSE(writer.wait_status.has_value()); // still waiting
+        Process& reader = group.start("reader", command("04-fd-passing/reader", {"--name", live}, "30"));
+        group.wait(reader);
+        group.wait(writer);
+        CHECK(reader.out == "mine\n");
+        CHECK(writer.exit_code() == 0);
+
+        // A socket file nobody listens on, left by another user's run: not this user's to remove.
+        int leftover = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        REQUIRE(leftover != -1);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::snprintf(address.sun_path, sizeof address.sun_path, "%s", stale.c_str());
+        REQUIRE(::bind(leftover, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+        ::close(leftover);
+        Process& forced = group.start("writer as 65534", command("04-fd-passing/writer", {"--name", stale}, "5",
+                                                                 {"--force", "x"}), Stdin::kNull, *other);
+        group.wait(forced);
+        INFO("forced writer stderr:\n" << forced.err);
+        CHECK(forced.exit_code() == 1);
+        CHECK_THAT(forced.last_error_line(), contains("belongs to another user"));
+        CHECK(::access(stale.c_str(), F_OK) == 0); // left alone
+        REQUIRE(::unlink(stale.c_str()) == 0);
     }
     check_nothing_left(leaks);
 }

@@ -323,3 +323,36 @@ TEST_CASE("05 fdpass: a client that says nothing is never taken for the one that
     }
     check_nothing_left(leaks);
 }
+
+TEST_CASE("05 fdpass: listen_unix leaves another user's socket file alone, --force or not", "[05][fdpass]") {
+    std::optional<RunAs> other = unprivileged_ids();
+    if (!other)
+        SKIP_TEST("not root: this case gives a socket file to another uid");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string path = dir.file("theirs");
+    leaks.watch_path(path);
+    shmtut::Narrator quiet("test", true);
+    {
+        sockaddr_un address{};
+        socklen_t length = shmtut::unix_address(path, address);
+        shmtut::UniqueFd leftover(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(leftover.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0);
+    } // closed: a file nobody listens on, as a crashed run of that user leaves it
+    REQUIRE(::chown(path.c_str(), other->uid, other->gid) == 0);
+    std::string refusal;
+    try {
+        shmtut::SocketFile file(quiet);
+        shmtut::UniqueFd listener = shmtut::listen_unix(path, true, 1, file, quiet);
+        file.path.clear();
+        refusal = "listening";
+    } catch (const shmtut::SysError& e) {
+        refusal = std::string(e.what()) + ": " + e.hint();
+    }
+    CHECK_THAT(refusal, contains("belongs to another user"));
+    struct stat info {};
+    REQUIRE(::lstat(path.c_str(), &info) == 0); // still there, still theirs
+    CHECK(info.st_uid == other->uid);
+    ::unlink(path.c_str());
+    check_nothing_left(leaks);
+}

@@ -474,6 +474,91 @@ void corrupted_header(const Chapter& chapter) {
     check_place_empty(leaks, place);
 }
 
+// A pid is a number in one pid namespace: a writer and a reader in different namespaces (two
+// containers sharing /dev/shm, an IPC namespace or a socket directory) see different pids for
+// the same process. Liveness and trust must come from the kernel's objects, never from a pid.
+void across_pid_namespaces(const Chapter& chapter) {
+    std::vector<std::string> unshare = unshare_for({"--pid", "--fork"});
+    if (unshare.empty())
+        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
+    for (bool writer_inside : {false, true}) {
+        DYNAMIC_SECTION((writer_inside ? "the writer" : "the reader") << " in a pid namespace of its own") {
+            LeakCheck leaks;
+            Place place = chapter.make_place(leaks);
+            {
+                ProcessGroup group;
+                std::vector<std::string> writer_argv = writer_command(chapter, place, "10", {"across pid namespaces"});
+                std::vector<std::string> reader_argv = chapter.reader_for(chapter, place, nullptr, "10", {});
+                std::vector<std::string>& moved = writer_inside ? writer_argv : reader_argv;
+                moved.insert(moved.begin(), unshare.begin(), unshare.end());
+                Pair pair;
+                pair.writer = &group.start("writer", writer_argv);
+                group.wait_for_stderr(*pair.writer, chapter.writer_waits);
+                pair.reader = &group.start("reader", reader_argv);
+                group.wait(*pair.writer);
+                group.wait(*pair.reader);
+                INFO("writer stderr:\n" << pair.writer->err << "reader stderr:\n" << pair.reader->err);
+                CHECK(pair.reader->out == "across pid namespaces\n");
+                CHECK(pair.reader->exit_code() == 0);
+                CHECK(pair.writer->exit_code() == 0);
+            }
+            check_place_empty(leaks, place);
+        }
+    }
+}
+
+/// `argv` run through the shell with one of its standard descriptors closed (`redirect` is
+/// `<&-` or `>&-`), as a careless script or a service manager may start it.
+std::vector<std::string> with_closed(const char* redirect, const std::vector<std::string>& argv) {
+    std::vector<std::string> shell = {"/bin/sh", "-c", std::string("exec \"$@\" ") + redirect, "sh"};
+    shell.insert(shell.end(), argv.begin(), argv.end());
+    return shell;
+}
+
+// A closed standard descriptor is a free number: the next open(), shm_open() or memfd_create()
+// gets it. A writer whose stdin is closed would then "read standard input" from its own shared
+// memory and send the header as data; a reader whose stdout is closed would write the stream
+// into whatever descriptor took number 1 and report success.
+void writer_stdin_closed(const Chapter& chapter) {
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", with_closed("<&-", writer_command(chapter, place, "10")));
+        group.wait_for_stderr(writer, chapter.writer_waits);
+        Process& reader = group.start("reader", chapter.reader_for(chapter, place, &writer, "10", {}));
+        group.wait(writer);
+        group.wait(reader);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out.empty()); // nothing that was not on its standard input
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("read(stdin)"));
+        CHECK_THAT(writer.last_error_line(), contains("standard input is closed")); // and what to do
+        CHECK(reader.exit_code() == 1);
+    }
+    check_place_empty(leaks, place);
+}
+
+void reader_stdout_closed(const Chapter& chapter) {
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", writer_command(chapter, place, "10", {"lost"}));
+        group.wait_for_stderr(writer, chapter.writer_waits);
+        Process& reader =
+            group.start("reader", with_closed(">&-", chapter.reader_for(chapter, place, &writer, "10", {})));
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.exit_code() == 1); // the stream did not reach its standard output
+        CHECK_THAT(reader.last_error_line(), contains("write(stdout)"));
+        CHECK_THAT(reader.last_error_line(), contains("standard output is closed")); // and what to do
+        CHECK(writer.exit_code() == 1);
+    }
+    check_place_empty(leaks, place);
+}
+
 } // namespace
 
 /// Runs `body` for `chapter`, or records the case as skipped where the chapter cannot run here.
@@ -481,6 +566,13 @@ void corrupted_header(const Chapter& chapter) {
     TEST_CASE(tag ": contract: " title, "[" tag "][contract]") {            \
         if (std::string why = (chapter).unavailable(); !why.empty())        \
             SKIP_TEST(why);                                                 \
+        body(chapter);                                                      \
+    }
+
+/// Runs `body` for `chapter` on any machine: options and `--help` are handled before a program
+/// looks for what its chapter needs (a dma-buf device), so they are tested even where that is missing.
+#define CONTRACT_CASE_ANY_MACHINE(tag, chapter, title, body)                \
+    TEST_CASE(tag ": contract: " title, "[" tag "][contract]") {            \
         body(chapter);                                                      \
     }
 
@@ -492,15 +584,18 @@ void corrupted_header(const Chapter& chapter) {
     CONTRACT_CASE(tag, chapter, "a writer killed mid-stream is reported dead, not timed out", killed_writer)        \
     CONTRACT_CASE(tag, chapter, "a killed reader makes the writer clean up and fail", killed_reader)               \
     CONTRACT_CASE(tag, chapter, "a second reader is refused, and the first gets everything", second_reader_refused) \
-    CONTRACT_CASE(tag, chapter, "usage errors exit 2 with one line pointing to --help", usage_errors)              \
-    CONTRACT_CASE(tag, chapter, "--help prints the usage on stdout and exits 0", help)                              \
-    CONTRACT_CASE(tag, chapter, "a header with a wrong magic number is refused", corrupted_header)
+    CONTRACT_CASE_ANY_MACHINE(tag, chapter, "usage errors exit 2 with one line pointing to --help", usage_errors)              \
+    CONTRACT_CASE_ANY_MACHINE(tag, chapter, "--help prints the usage on stdout and exits 0", help)                              \
+    CONTRACT_CASE(tag, chapter, "a header with a wrong magic number is refused", corrupted_header)                 \
+    CONTRACT_CASE(tag, chapter, "a writer whose stdin is closed sends nothing and fails", writer_stdin_closed)    \
+    CONTRACT_CASE(tag, chapter, "a reader whose stdout is closed fails, not reports success", reader_stdout_closed)
 
 /// The cases of a pair whose reader finds the writer by a name: it may start first, and a
 /// crashed writer leaves a named object behind.
 #define CONTRACT_NAMED_CASES(tag, chapter)                                                                         \
     CONTRACT_CASE(tag, chapter, "a reader started first waits for the writer", reader_first)                        \
-    CONTRACT_CASE(tag, chapter, "what a crashed writer left is reported, and --force replaces it", stale_object)
+    CONTRACT_CASE(tag, chapter, "what a crashed writer left is reported, and --force replaces it", stale_object) \
+    CONTRACT_CASE(tag, chapter, "a writer and a reader in different pid namespaces work together", across_pid_namespaces)
 
 CONTRACT_CASES("01", kSysv)
 CONTRACT_NAMED_CASES("01", kSysv)
