@@ -1,0 +1,11 @@
+# The labs: what real systems add on top of the chapters. Each lab is labs/NAME/ with its notes
+# (README.md), its programs and a test (tests/test_lab_NAME.cpp); `make lab-NAME` runs it.
+PROGRAMS += labs/robust-mutex/dead_holder
+
+LAB_ROBUST_MUTEX := $(BUILD)/labs/robust-mutex/dead_holder
+
+.PHONY: lab-robust-mutex
+lab-robust-mutex: $(LAB_ROBUST_MUTEX) ## lab: a process dies holding a process-shared mutex
+	$(LAB_ROBUST_MUTEX) --mode plain --timeout 2
+	$(LAB_ROBUST_MUTEX) --mode robust
+	$(LAB_ROBUST_MUTEX) --mode no-repair
