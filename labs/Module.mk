@@ -9,3 +9,11 @@ lab-robust-mutex: $(LAB_ROBUST_MUTEX) ## lab: a process dies holding a process-s
 	$(LAB_ROBUST_MUTEX) --mode plain --timeout 2
 	$(LAB_ROBUST_MUTEX) --mode robust
 	$(LAB_ROBUST_MUTEX) --mode no-repair
+
+# labs/ring: a lock-free single-producer single-consumer ring in a /dev/shm object.
+PROGRAMS += labs/ring/writer labs/ring/reader labs/ring/ring_bench
+LAB_RING := $(BUILD)/labs/ring/writer $(BUILD)/labs/ring/reader $(BUILD)/labs/ring/ring_bench
+
+.PHONY: lab-ring
+lab-ring: $(LAB_RING) ## lab: a lock-free ring as Aeron builds it, 4 MiB of random bytes through it
+	@labs/ring/run-lab $(BUILD)
