@@ -145,7 +145,7 @@ TEST_CASE("lab ring: 4 MiB of random bytes arrive identical, in both layouts, th
     // A small ring and a record size that does not divide it: the ring fills (the writer must
     // wait for the reader) and wraps with padding records.
     std::vector<std::string> layout = GENERATE(std::vector<std::string>{}, std::vector<std::string>{"--one-line"});
-    std::vector<std::string> extra = {"--capacity", "4096", "--record", "500"};
+    std::vector<std::string> extra = {"--capacity", "4096", "--record", "300"}; // 312 bytes a record
     extra.insert(extra.end(), layout.begin(), layout.end());
     {
         ProcessGroup group;
