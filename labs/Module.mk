@@ -17,3 +17,11 @@ LAB_RING := $(BUILD)/labs/ring/writer $(BUILD)/labs/ring/reader $(BUILD)/labs/ri
 .PHONY: lab-ring
 lab-ring: $(LAB_RING) ## lab: a lock-free ring as Aeron builds it, 4 MiB of random bytes through it
 	@labs/ring/run-lab $(BUILD)
+
+# labs/limits: when the kernel says no, each limit hit in a namespace or under an rlimit.
+PROGRAMS += labs/limits/limits
+LAB_LIMITS := $(BUILD)/labs/limits/limits
+
+.PHONY: lab-limits
+lab-limits: $(LAB_LIMITS) $(BUILD)/01-sysv/writer $(BUILD)/02-posix-mmap/writer ## lab: System V limits, a full /dev/shm, RLIMIT_NOFILE, memory cgroups (77: a case needs root)
+	$(LAB_LIMITS)
