@@ -25,3 +25,11 @@ LAB_LIMITS := $(BUILD)/labs/limits/limits
 .PHONY: lab-limits
 lab-limits: $(LAB_LIMITS) $(BUILD)/01-sysv/writer $(BUILD)/02-posix-mmap/writer ## lab: System V limits, a full /dev/shm, RLIMIT_NOFILE, memory cgroups (77: a case needs root)
 	$(LAB_LIMITS)
+
+# labs/hugepages: page faults with 4 KiB pages, hugetlb pages and transparent huge pages.
+PROGRAMS += labs/hugepages/faults
+LAB_HUGEPAGES := $(BUILD)/labs/hugepages/faults
+
+.PHONY: lab-hugepages
+lab-hugepages: $(LAB_HUGEPAGES) ## lab: fault in 1 GiB with 4 KiB, SHM_HUGETLB, MFD_HUGETLB and THP pages (root reserves huge pages, restored after)
+	$(LAB_HUGEPAGES) --size 1G --reserve
