@@ -33,3 +33,11 @@ LAB_HUGEPAGES := $(BUILD)/labs/hugepages/faults
 .PHONY: lab-hugepages
 lab-hugepages: $(LAB_HUGEPAGES) ## lab: fault in 1 GiB with 4 KiB, SHM_HUGETLB, MFD_HUGETLB and THP pages (root reserves huge pages, restored after)
 	$(LAB_HUGEPAGES) --size 1G --reserve
+
+# labs/containers: which technique crosses which namespace (root: unshare).
+.PHONY: lab-containers
+lab-containers: $(filter $(BUILD)/01-sysv/% $(BUILD)/02-posix-mmap/% $(BUILD)/03-memfd/% $(BUILD)/04-fd-passing/%,$(BINARIES)) ## lab: chapters 01-04 with the reader in new IPC, mount, pid, network and user namespaces (root)
+	@labs/containers/crossings $(BUILD)
+
+# The containers test starts the script from the source tree.
+$(BUILD)/tests/test_lab_containers.o: CPPFLAGS += -DSHMTUT_SOURCE_DIR='"$(abspath .)"'
