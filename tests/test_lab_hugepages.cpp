@@ -73,9 +73,11 @@ TEST_CASE("lab hugepages: SHM_HUGETLB and MFD_HUGETLB take one fault per 2 MiB p
     CHECK(program.exit_code() == 0);
     const long shm = faults_of(program.out, "shm-hugetlb"), mfd = faults_of(program.out, "mfd-hugetlb");
     CHECK(shm >= 4);
-    CHECK(shm < 200); // 4 huge pages, plus the few faults of the program itself; 4 KiB pages: 2048
+    // 4 huge pages, plus the program's own faults (with AddressSanitizer, its shadow memory: about
+    // 260); 4 KiB pages would take 2048.
+    CHECK(shm < 1024);
     CHECK(mfd >= 4);
-    CHECK(mfd < 200);
+    CHECK(mfd < 1024);
     CHECK_THAT(program.err, contains("Rsvd=4")); // reserved at shmget and at mmap, before any touch
 }
 
@@ -86,7 +88,7 @@ TEST_CASE("lab hugepages: transparent huge pages on tmpfs come as 2 MiB pages", 
     INFO("stdout:\n" << program.out << "stderr:\n" << program.err);
     CHECK(program.exit_code() == 0);
     CHECK_THAT(program.out, contains("2 MiB pages (THP"));
-    CHECK(faults_of(program.out, "thp") < 200);
+    CHECK(faults_of(program.out, "thp") < 1024); // 4 KiB pages would take 2048
     CHECK_THAT(program.err, contains("ShmemPmdMapped=8192 kB"));
 }
 
