@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <sys/syscall.h>
 
 #include "../labs/ring/ring.hpp"
@@ -233,6 +235,51 @@ TEST_CASE("lab ring: a killed writer is reported dead, not as a timeout", "[lab]
         CHECK(reader.exit_code() == 1);
         CHECK(reader.out == "before\n");
         CHECK_THAT(reader.last_error_line(), contains("the writer died (its lock byte is free)"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("lab ring: a killed reader is reported dead by a writer waiting for room", "[lab][ring]") {
+    const std::string name = "/" + unique_name("shmtut-lab-ring");
+    LeakCheck leaks;
+    leaks.watch_shm_name(name);
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", writer_argv(name, {"--capacity", "4096", "--record", "500", "--timeout", "300"}),
+                                      Stdin::kPipe);
+        Process& reader = group.start("reader", reader_argv(name));
+        group.wait_for_stderr(writer, "a reader holds its lock byte");
+        group.signal(reader, SIGSTOP); // the ring fills: the writer waits for room
+        group.feed(writer, random_bytes(1 << 20, 43), true);
+        group.wait_for_stderr(writer, "ring full");
+        group.signal(reader, SIGKILL);
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("the reader died (its lock byte is free)"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("lab ring: a descriptor that does not validate is refused", "[lab][ring]") {
+    const std::string name = "/" + unique_name("shmtut-lab-ring");
+    LeakCheck leaks;
+    leaks.watch_shm_name(name);
+    {
+        // A ring whose descriptor claims a data area larger than the object.
+        int fd = ::shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+        REQUIRE(fd != -1);
+        REQUIRE(::ftruncate(fd, static_cast<off_t>(ring::kControlSize + 4096)) == 0);
+        ring::Descriptor descriptor{ring::kMagic, ring::kVersion, 1 << 20, ring::max_payload_for(1 << 20), 0};
+        REQUIRE(::pwrite(fd, &descriptor, sizeof descriptor, 0) == static_cast<ssize_t>(sizeof descriptor));
+        ::close(fd);
+        ProcessGroup group;
+        Process& reader = group.start("reader", reader_argv(name, {}, "2"));
+        group.wait(reader);
+        ::shm_unlink(name.c_str());
+        CHECK(reader.exit_code() == 1);
+        CHECK_THAT(reader.last_error_line(), contains("the ring's descriptor does not validate"));
     }
     check_nothing_left(leaks);
 }
