@@ -41,3 +41,6 @@ lab-containers: $(filter $(BUILD)/01-sysv/% $(BUILD)/02-posix-mmap/% $(BUILD)/03
 
 # The containers test starts the script from the source tree.
 $(BUILD)/tests/test_lab_containers.o: CPPFLAGS += -DSHMTUT_SOURCE_DIR='"$(abspath .)"'
+
+# make bench (chapter 06) runs the ring's writer and reader as one of its pairs.
+bench-programs: $(LAB_RING)
