@@ -29,6 +29,7 @@ include 04-fd-passing/Module.mk
 include 05-dma-buf/Module.mk
 include 06-zero-copy/Module.mk
 include tools/Module.mk
+include labs/Module.mk
 include tests/Module.mk
 
 BINARIES := $(call program_binaries)

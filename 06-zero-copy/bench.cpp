@@ -578,6 +578,9 @@ std::vector<PairCommand> pair_commands(const std::string& scratch) {
                            {"@parallel", b + "04-fd-passing/reader", "--quiet", "--name", scratch + "/s04"}}},
         {"05-dma-buf", {{b + "05-dma-buf/writer", "--quiet", "--name", scratch + "/s05"},
                         {"@parallel", b + "05-dma-buf/reader", "--quiet", "--name", scratch + "/s05"}}},
+        {"labs/ring", {{b + "labs/ring/writer", "--quiet", "--name", "/bench-ring-" + tag, "--capacity", "1048576",
+                        "--record", "65536"}, // the lab's ring pair, in 64 KiB records like the chapters' blocks
+                       {"@parallel", b + "labs/ring/reader", "--quiet", "--name", "/bench-ring-" + tag}}},
         {"06-zero-copy pool", {{b + "06-zero-copy/writer", "--quiet", "--name", scratch + "/s06"},
                                {"@parallel", b + "06-zero-copy/reader", "--quiet", "--name", scratch + "/s06"}}},
     };
