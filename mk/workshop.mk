@@ -1,0 +1,13 @@
+# The workshop kit: the pre-flight check, the demo panes, a shell in chapter 05's VM, and the
+# exercises that check themselves (exercises/README.md). The top-level Makefile includes this file.
+
+.PHONY: preflight vm-05-prepare vm-shell
+
+preflight: ## is this machine ready for the workshop? a table of chapters; the last line says "ready"
+	@scripts/preflight
+
+VM_PACKAGES := linux-source-6.1 qemu-system-x86 bc bison flex libelf-dev busybox-static xz-utils gcc g++ make
+
+vm-05-prepare: ## install QEMU and build chapter 05's VM kernel once (minutes), so that vm-05 and vm-shell only boot
+	@scripts/ensure-packages "chapter 05's virtual machine needs a kernel source, QEMU and busybox" $(VM_PACKAGES)
+	@05-dma-buf/vm/build-kernel >/dev/null
