@@ -11,3 +11,10 @@ VM_PACKAGES := linux-source-6.1 qemu-system-x86 bc bison flex libelf-dev busybox
 vm-05-prepare: ## install QEMU and build chapter 05's VM kernel once (minutes), so that vm-05 and vm-shell only boot
 	@scripts/ensure-packages "chapter 05's virtual machine needs a kernel source, QEMU and busybox" $(VM_PACKAGES)
 	@05-dma-buf/vm/build-kernel >/dev/null
+
+# make demo-01 ... demo-06: the chapter's pair and the kernel's view in one tmux window. (Not
+# .PHONY: make skips pattern rules for phony targets; no file is named demo-NN.)
+demo-01: ## (and demo-00 to demo-06) chapter NN's writer, reader and what the kernel shows, side by side in tmux
+demo-%: all
+	@scripts/ensure-packages "make demo-$* shows the pair in tmux panes" tmux || true
+	@scripts/demo $*
