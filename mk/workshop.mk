@@ -18,3 +18,6 @@ demo-01: ## (and demo-00 to demo-06) chapter NN's writer, reader and what the ke
 demo-%: all
 	@scripts/ensure-packages "make demo-$* shows the pair in tmux panes" tmux || true
 	@scripts/demo $*
+
+vm-shell: ## boot chapter 05's VM to a shell: run the pairs there and look inside (exit powers it off)
+	+@05-dma-buf/vm/shell
