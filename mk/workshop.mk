@@ -21,3 +21,15 @@ demo-%: all
 
 vm-shell: ## boot chapter 05's VM to a shell: run the pairs there and look inside (exit powers it off)
 	+@05-dma-buf/vm/shell
+
+# The exercises (exercises/README.md): make exercise-03 builds the learner's files of chapter 03
+# and runs the chapter's tests against them; make exercises lists every exercise, done or not.
+.PHONY: exercises
+exercises: ## list every exercise (exercises/NN-name/) as done or not: make exercise-NN runs one chapter's, with a hint
+	@scripts/ensure-packages "the exercises run the chapters' Catch2 tests" catch2
+	@scripts/exercise --list
+
+exercise-01: ## (and exercise-02 to exercise-06) build chapter NN's exercises and run its tests on them
+exercise-%:
+	@scripts/ensure-packages "the exercises run the chapters' Catch2 tests" catch2
+	@scripts/exercise $*
