@@ -31,6 +31,7 @@ include 06-zero-copy/Module.mk
 include tools/Module.mk
 include labs/Module.mk
 include tests/Module.mk
+include mk/workshop.mk
 
 BINARIES := $(call program_binaries)
 $(foreach program,$(PROGRAMS),$(eval $(call link_program,$(program))))

@@ -61,6 +61,7 @@ void close_fd(int& fd) noexcept {
 } // namespace
 
 std::string binary(const std::string& program) {
+    if (std::string exercise = exercise_binary(program); !exercise.empty()) return exercise;
     return std::string(SHMTUT_BUILD_DIR) + "/" + program;
 }
 
@@ -96,7 +97,7 @@ std::string Process::last_error_line() const {
 }
 
 ProcessGroup::ProcessGroup(std::chrono::seconds hard_limit)
-    : hard_deadline_(std::chrono::steady_clock::now() + hard_limit) {
+    : hard_deadline_(std::chrono::steady_clock::now() + exercise_hard_limit(hard_limit)) {
     (void)g_sigpipe_ignored;
 }
 
@@ -761,6 +762,22 @@ std::vector<std::string> unshare_for(const std::vector<std::string>& wanted) {
     if (std::system((probe + "/bin/true >/dev/null 2>&1").c_str()) != 0)
         return {};
     return argv;
+}
+
+std::string exercise_binary(const std::string& program) {
+    const char* dir = std::getenv("SHMTUT_EXERCISE_DIR");
+    if (dir == nullptr || *dir == '\0') return {};
+    std::string path = std::string(dir) + "/" + program;
+    return ::access(path.c_str(), X_OK) == 0 ? path : std::string();
+}
+
+std::chrono::seconds exercise_hard_limit(std::chrono::seconds hard_limit) {
+    const char* text = std::getenv("SHMTUT_HARD_LIMIT");
+    if (text == nullptr || *text == '\0') return hard_limit;
+    char* end = nullptr;
+    long seconds = std::strtol(text, &end, 10);
+    if (*end != '\0' || seconds <= 0) return hard_limit;
+    return std::min(hard_limit, std::chrono::seconds(seconds));
 }
 
 } // namespace testsupport

@@ -21,7 +21,8 @@
 
 namespace testsupport {
 
-/// Path of a built program: binary("01-sysv/writer").
+/// Path of a built program: binary("01-sysv/writer"); a learner's build of it when
+/// exercise_binary() names one.
 std::string binary(const std::string& program);
 
 /// A command line for a chapter program: binary(program), then `name_args` (the test's private
@@ -260,6 +261,14 @@ std::string descriptor_target(const Process& process, int fd);
 /// namespace of its own, where the user is root and may mount a tmpfs or start a pid namespace.
 /// Empty when this machine allows neither (unprivileged user namespaces switched off).
 std::vector<std::string> unshare_for(const std::vector<std::string>& wanted);
+/// The learner's build of `program` under $SHMTUT_EXERCISE_DIR (make exercise-NN sets it:
+/// build/exercises/NN-name/N/01-sysv/hello_writer), or "" when that variable is unset or holds
+/// no such program. binary() prefers it, so the chapter's own tests run against the exercise.
+std::string exercise_binary(const std::string& program);
+
+/// A ProcessGroup's hard limit, shortened to $SHMTUT_HARD_LIMIT seconds when that is set: a
+/// learner's unfinished program (make exercise-NN) that hangs fails in seconds, not a minute.
+std::chrono::seconds exercise_hard_limit(std::chrono::seconds hard_limit);
 
 } // namespace testsupport
 
