@@ -255,6 +255,25 @@ bool is_get_seals(const SyscallEntry& call, int fd = -1);
 /// stop_at_syscall() predicate tell the program's own calls from the dynamic loader's.
 std::string descriptor_target(const Process& process, int fd);
 
+
+// Running the suite on another architecture under qemu-user (make test-cross, scripts/test-cross).
+
+/// The user-mode emulator that runs this suite's programs ($SHMTUT_EMULATOR, for example
+/// "qemu-arm-static"), or "" when they run natively.
+std::string emulator();
+
+/// `argv` as ProcessGroup::start() executes it: under an emulator, a program of the build folder
+/// (an ELF file) is started through it, since no binfmt_misc handler may be registered.
+std::vector<std::string> through_emulator(const std::vector<std::string>& argv);
+
+/// "" when the programs run natively; under an emulator, the reason a case that needs `what`
+/// cannot run there, for SKIP_TEST(): `if (auto why = emulator_cannot("ptrace"); !why.empty())`.
+std::string emulator_cannot(const std::string& what);
+
+/// "" when a program of the build can execute another one (natively, or under qemu-user with a
+/// binfmt_misc handler registered for it); else the reason, for SKIP_TEST().
+std::string emulator_cannot_exec();
+
 } // namespace testsupport
 
 /// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason
