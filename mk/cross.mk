@@ -21,6 +21,11 @@ endif
 BUILD := build/$(CROSS_ARCH)
 CXX := $(CROSS)g++
 AR := $(CROSS)ar
+# 32-bit ARM: a 64-bit off_t (files and shared objects past 2 GiB: without it fstat fails with
+# EOVERFLOW) and a 64-bit time_t (deadlines past January 2038), as Debian 13 builds armhf.
+ifeq ($(CROSS_ARCH),armhf)
+CPPFLAGS += -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
+endif
 
 # Catch2: Debian packages it for the build machine only (libCatch2WithMain.a is an x86-64
 # archive). Version 2 is a single header, though, so the cross build compiles that header's own
@@ -40,7 +45,7 @@ $(CROSS_INCLUDE)/catch2:
 $(CROSS_CATCH_MAIN): | $(CROSS_INCLUDE)/catch2
 	@mkdir -p $(@D)
 	printf '#define CATCH_CONFIG_MAIN\n#include <catch2/catch.hpp>\n' | \
-		$(CXX) -std=c++20 -O1 -isystem $(CROSS_INCLUDE) -x c++ -c - -o $@
+		$(CXX) $(filter -D%,$(CPPFLAGS)) -std=c++20 -O1 -isystem $(CROSS_INCLUDE) -x c++ -c - -o $@
 
 $(BUILD)/tests/run-tests: $(CROSS_CATCH_MAIN)
 $(BUILD)/tests/%.o: CPPFLAGS += -isystem $(CROSS_INCLUDE)
