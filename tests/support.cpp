@@ -804,4 +804,12 @@ std::string emulator_cannot_exec() {
                   "no binfmt_misc handler " + handler + " is registered on this machine";
 }
 
+std::string emulator_cannot_show_addresses() {
+    const std::string qemu = emulator();
+    if (qemu.empty() || sizeof(void*) == 8)
+        return {};
+    return qemu + " (qemu-user) runs a 32-bit program at an offset inside its own address space: "
+                  "/proc/PID/maps and /proc/PID/pagemap show the emulator's addresses, not the program's";
+}
+
 } // namespace testsupport

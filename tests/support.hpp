@@ -274,6 +274,11 @@ std::string emulator_cannot(const std::string& what);
 /// binfmt_misc handler registered for it); else the reason, for SKIP_TEST().
 std::string emulator_cannot_exec();
 
+/// "" natively and for a 64-bit target; under qemu-user running a 32-bit target (armhf), the
+/// reason a case that reads /proc/PID/maps or /proc/PID/pagemap at the program's addresses cannot
+/// run, for SKIP_TEST().
+std::string emulator_cannot_show_addresses();
+
 } // namespace testsupport
 
 /// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason
