@@ -59,3 +59,4 @@ test-cross: ## build for ARCH=arm64 or armhf and run the whole suite under qemu-
 		g++-$(CROSS_TRIPLET_$(ARCH)) catch2 qemu-user-static
 	@$(MAKE) --no-print-directory CROSS=$(CROSS_TRIPLET_$(ARCH))- test-binaries
 	@scripts/test-cross $(ARCH) $(CROSS_QEMU_$(ARCH)) /usr/$(CROSS_TRIPLET_$(ARCH)) $(TESTS)
+include interop/Module.mk

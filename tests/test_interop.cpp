@@ -3,9 +3,12 @@
 ///        Python and Rust peers of interop/ against the C++ programs (make interop).
 #include "support.hpp"
 
+#include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <new>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -56,6 +59,163 @@ TEST_CASE("03: a sealed memfd larger than 4 GiB is read on 64-bit and refused on
             CHECK(reader.exit_code() == 0);
             CHECK(reader.out == std::string(block_length, '\0'));
         }
+    }
+    check_nothing_left(leaks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Python peers of interop/python against the C++ programs, both ways (make interop).
+
+namespace {
+
+const char* const kPython = "/usr/bin/python3";
+
+std::string python_peer(const std::string& script) {
+    return std::string(SHMTUT_SOURCE_DIR) + "/interop/python/" + script;
+}
+
+/// Why a Python case cannot run here, or "".
+std::string python_missing() {
+    if (::access(kPython, X_OK) != 0)
+        return "Debian's python3 is not installed (make interop installs it)";
+    return {};
+}
+
+/// "--pid P --fd N" as printed by a writer of chapter 03 (C++ or Python): {"P", "N"}.
+std::vector<std::string> printed_pid_and_fd(const Process& writer) {
+    std::string::size_type at = writer.err.find("reader --pid ");
+    REQUIRE(at != std::string::npos);
+    int pid = 0, fd = -1;
+    REQUIRE(std::sscanf(writer.err.c_str() + at, "reader --pid %d --fd %d", &pid, &fd) == 2);
+    return {std::to_string(pid), std::to_string(fd)};
+}
+
+} // namespace
+
+TEST_CASE("interop 03: 1 MiB from the Python writer arrives identical at the C++ reader", "[interop][03]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    const std::string data = random_bytes(1 << 20, 1603);
+    {
+        ProcessGroup group;
+        Process& w = group.start("python writer", {kPython, python_peer("memfd_writer.py"), "--timeout", "30"},
+                                 Stdin::kPipe);
+        group.wait_for_stderr(w, "reader --pid");
+        const auto ids = printed_pid_and_fd(w);
+        Process& r = group.start("C++ reader", {binary("03-memfd/reader"), "--pid", ids[0], "--fd", ids[1],
+                                                "--timeout", "30"});
+        group.feed(w, data, true);
+        group.wait(r);
+        group.wait(w);
+        INFO("writer stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 0);
+        CHECK(w.exit_code() == 0);
+        CHECK(r.out.size() == data.size());
+        CHECK(r.out == data);
+        CHECK_THAT(w.err, contains("writer: the reader confirmed the end of the stream"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 03: 1 MiB from the C++ writer arrives identical at the Python reader", "[interop][03]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    const std::string data = random_bytes(1 << 20, 3016);
+    {
+        ProcessGroup group;
+        Process& w = group.start("C++ writer", {binary("03-memfd/writer"), "--timeout", "30"}, Stdin::kPipe);
+        group.wait_for_stderr(w, "reader --pid");
+        const auto ids = printed_pid_and_fd(w);
+        Process& r = group.start("python reader", {kPython, python_peer("memfd_reader.py"), "--pid", ids[0], "--fd",
+                                                   ids[1], "--timeout", "30"});
+        group.feed(w, data, true);
+        group.wait(r);
+        group.wait(w);
+        INFO("writer stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 0);
+        CHECK(w.exit_code() == 0);
+        CHECK(r.out.size() == data.size());
+        CHECK(r.out == data);
+        CHECK_THAT(w.err, contains("writer: the reader confirmed the end of the stream"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 02: 1 MiB from the C++ writer arrives identical at the Python reader, which polls", "[interop][02]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    const std::string name = "/" + unique_name("shmtut-interop");
+    leaks.watch_shm_name(name);
+    const std::string data = random_bytes(1 << 20, 2002);
+    {
+        ProcessGroup group;
+        Process& w = group.start("C++ writer", {binary("02-posix-mmap/writer"), "--name", name, "--timeout", "30"},
+                                 Stdin::kPipe);
+        Process& r = group.start("python reader",
+                                 {kPython, python_peer("posix_reader.py"), "--name", name, "--timeout", "30"});
+        group.feed(w, data, true);
+        group.wait(r);
+        group.wait(w);
+        INFO("writer stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 0);
+        CHECK(w.exit_code() == 0);
+        CHECK(r.out.size() == data.size());
+        CHECK(r.out == data);
+        CHECK_THAT(r.err, contains("found by polling the sequence number"));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 03: the C++ reader refuses a Python writer that breaks the protocol", "[interop][03]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    const auto [broken, refusal] = GENERATE(table<std::string, std::string>({
+        {"unsealed", "has seals none, needs F_SEAL_SHRINK|F_SEAL_GROW: refusing it"},
+        {"magic", "header refused: magic"},
+        {"capacity", "header refused: data capacity 131072 does not fit"},
+        {"pid", "but the descriptor came from pid"},
+    }));
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process& w = group.start("python writer",
+                                 {kPython, python_peer("memfd_writer.py"), "--timeout", "30", "--break", broken, "x"});
+        group.wait_for_stderr(w, "reader --pid");
+        const auto ids = printed_pid_and_fd(w);
+        Process& r = group.start("C++ reader", {binary("03-memfd/reader"), "--pid", ids[0], "--fd", ids[1],
+                                                "--timeout", "30"});
+        group.wait(r);
+        group.signal(w, SIGTERM); // it would wait for a claim until its timeout
+        group.wait(w);
+        INFO("--break " << broken << "\nreader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 1);
+        CHECK(r.killed_by() == 0);
+        CHECK_THAT(r.last_error_line(), contains(refusal));
+        CHECK(r.out.empty());
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 03: the C++ writer refuses a Python reader that claims without the lock", "[interop][03]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    {
+        ProcessGroup group;
+        Process& w = group.start("C++ writer", {binary("03-memfd/writer"), "--timeout", "30", "never read"});
+        group.wait_for_stderr(w, "reader --pid");
+        const auto ids = printed_pid_and_fd(w);
+        Process& r = group.start("python reader", {kPython, python_peer("memfd_reader.py"), "--pid", ids[0], "--fd",
+                                                   ids[1], "--timeout", "30", "--break", "nolock"});
+        group.wait(w);
+        group.wait(r);
+        INFO("writer stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+        CHECK(w.exit_code() == 1);
+        CHECK_THAT(w.last_error_line(), contains("no claim lock is held: a dead or false reader; refusing the claim"));
+        CHECK(r.out.empty());
     }
     check_nothing_left(leaks);
 }
