@@ -219,3 +219,109 @@ TEST_CASE("interop 03: the C++ writer refuses a Python reader that claims withou
     }
     check_nothing_left(leaks);
 }
+
+// Chapter 04: the memfd over a Unix socket, with the Python peers and the Rust reader.
+
+namespace {
+
+/// The Rust reader, built by make interop into the build folder.
+std::string rust_reader() {
+    return binary("interop/rust/release/fdpass_reader");
+}
+
+/// Runs `writer_argv` with `data` on its stdin and `reader_argv`, both to the end; checks both
+/// exit 0 and the bytes arrive identical.
+void check_04_pair(const std::vector<std::string>& writer_argv, const std::vector<std::string>& reader_argv,
+                   const std::string& data) {
+    ProcessGroup group;
+    Process& w = group.start("writer", writer_argv, Stdin::kPipe);
+    Process& r = group.start("reader", reader_argv);
+    group.feed(w, data, true);
+    group.wait(r);
+    group.wait(w);
+    INFO("writer stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+    CHECK(r.exit_code() == 0);
+    CHECK(w.exit_code() == 0);
+    CHECK(r.out.size() == data.size());
+    CHECK(r.out == data);
+}
+
+} // namespace
+
+TEST_CASE("interop 04: 1 MiB from the Python writer arrives identical at the C++ reader", "[interop][04]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("interop.sock");
+    leaks.watch_path(socket_path);
+    check_04_pair({kPython, python_peer("fdpass_writer.py"), "--name", socket_path, "--timeout", "30"},
+                  {binary("04-fd-passing/reader"), "--name", socket_path, "--timeout", "30"},
+                  random_bytes(1 << 20, 4004));
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 04: 1 MiB from the C++ writer arrives identical at the Python reader", "[interop][04]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("interop.sock");
+    leaks.watch_path(socket_path);
+    check_04_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
+                  {kPython, python_peer("fdpass_reader.py"), "--name", socket_path, "--timeout", "30"},
+                  random_bytes(1 << 20, 4040));
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 04: 1 MiB from the C++ writer arrives identical at the Rust reader", "[interop][04][rust]") {
+    if (::access(rust_reader().c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust reader is not built: make interop builds it (Debian's cargo and librust-libc-dev)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("interop.sock");
+    leaks.watch_path(socket_path);
+    check_04_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
+                  {rust_reader(), "--name", socket_path, "--timeout", "30"}, random_bytes(1 << 20, 4044));
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 04: the C++ reader and the Rust reader refuse a Python writer that breaks the protocol",
+          "[interop][04][rust]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    const bool have_rust = ::access(rust_reader().c_str(), X_OK) == 0;
+    // Two descriptors: CMSG_SPACE(sizeof(int)) holds two on 64-bit machines (alignment), so both
+    // arrive and are counted; on 32-bit ones only one fits and the kernel sets MSG_CTRUNC.
+    const auto [broken, refusal] = GENERATE(table<std::string, std::string>({
+        {"two-fds", sizeof(void*) == 8 ? "MEMORY came with 2 descriptors" : "MSG_CTRUNC"},
+        {"no-fd", "MEMORY came with 0 descriptors"},
+        {"pipe", "refusing it"},
+        {"unsealed", "needs F_SEAL_SHRINK|F_SEAL_GROW"},
+        {"long-block", "block refused: length 65537 exceeds the data capacity 65536"},
+        {"version", "version 1"},
+    }));
+    const std::string reader_name = GENERATE(std::string("C++"), std::string("Rust"));
+    if (reader_name == "Rust" && !have_rust)
+        SKIP_TEST("the Rust reader is not built: make interop builds it (Debian's cargo and librust-libc-dev)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("interop.sock");
+    leaks.watch_path(socket_path);
+    {
+        ProcessGroup group;
+        Process& w = group.start("python writer", {kPython, python_peer("fdpass_writer.py"), "--name", socket_path,
+                                                   "--timeout", "30", "--break", broken, "x"});
+        const std::string reader_program = reader_name == "Rust" ? rust_reader() : binary("04-fd-passing/reader");
+        Process& r = group.start("reader", {reader_program, "--name", socket_path, "--timeout", "30"});
+        group.wait(r);
+        group.wait(w); // the connection closed: it fails too
+        INFO(reader_name << " reader, --break " << broken << "\nreader stderr:\n" << r.err << "\nwriter stderr:\n"
+                         << w.err);
+        CHECK(r.exit_code() == 1);
+        CHECK(r.killed_by() == 0);
+        CHECK_THAT(r.last_error_line(), contains(refusal));
+        CHECK(r.out.empty());
+    }
+    check_nothing_left(leaks);
+}

@@ -1,5 +1,5 @@
 """Chapter 04's wire protocol in Python: 16-byte messages on a Unix stream socket, the memfd as
-SCM_RIGHTS (socket.send_fds / socket.recv_fds, Python 3.9).
+SCM_RIGHTS (socket.send_fds to send; sock.recvmsg to receive, see receive_message()).
 
     offset size field    values
     0      4    magic    the bytes S H M 4
@@ -26,6 +26,7 @@ HELLO, MEMORY, BLOCK, END, CONSUMED, BUSY = 1, 2, 3, 4, 5, 6
 NAMES = {HELLO: "HELLO", MEMORY: "MEMORY", BLOCK: "BLOCK", END: "END", CONSUMED: "CONSUMED", BUSY: "BUSY"}
 MESSAGE = struct.Struct("<4sHHQ")
 DEFAULT_NAME = "/tmp/shm-tutorial-04.sock"
+FD_SIZE = struct.calcsize("i")
 
 
 def address(name):
@@ -64,9 +65,17 @@ def receive_message(connection, deadline, what):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise shmtut.Failure(f"nothing came within the timeout (waiting for {what}): is it a peer?")
                 continue
-            # recv_fds sizes the control buffer as CMSG_LEN(maxfds * 4): room for one descriptor.
-            piece, received, flags, _ = socket.recv_fds(connection, MESSAGE.size - len(data), 1,
-                                                        socket.MSG_CMSG_CLOEXEC)
+            # sock.recvmsg, not socket.recv_fds: recv_fds (Python 3.11) never passes its flags on,
+            # so MSG_CMSG_CLOEXEC would be lost, and it sizes the buffer with CMSG_LEN, not
+            # CMSG_SPACE. Room for one descriptor, as in the C++ reader (two fit on 64-bit
+            # machines, by alignment: then both arrive, are counted and refused).
+            piece, ancillary, flags, _ = connection.recvmsg(MESSAGE.size - len(data),
+                                                            socket.CMSG_SPACE(FD_SIZE), socket.MSG_CMSG_CLOEXEC)
+            received = []
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    whole = len(payload) - len(payload) % FD_SIZE
+                    received.extend(struct.unpack(f"{whole // FD_SIZE}i", payload[:whole]))
             fds.extend(received)
             if not piece:
                 raise shmtut.Failure(f"the peer closed the connection before {what}")
