@@ -8,6 +8,10 @@
 # The top-level Makefile includes this file before mk/rules.mk, so that BUILD, CXX and AR are the
 # cross ones before any rule uses them.
 
+# The build folder is known here already (mk/rules.mk sets the same default), for the rules of
+# interop/Module.mk, included at the end.
+BUILD ?= build
+
 CROSS_TRIPLET_arm64 := aarch64-linux-gnu
 CROSS_TRIPLET_armhf := arm-linux-gnueabihf
 CROSS_QEMU_arm64 := qemu-aarch64-static
