@@ -447,10 +447,19 @@ TEST_CASE("04 hostile writer: every wrong hand-over is refused, exit 1, no descr
             expected = "MEMORY came with 0 descriptors, expected exactly 1";
         }
         SECTION("two descriptors: they fit (alignment), no MSG_CTRUNC, still refused") {
+            // CMSG_SPACE(sizeof(int)) holds two on 64-bit machines; on 32-bit ones it holds one
+            // and the kernel sets MSG_CTRUNC (which qemu-user does not emulate).
+            if (auto why = emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open");
+                !why.empty() && sizeof(void*) == 4)
+                SKIP_TEST(why);
             writer_side = [&](int c) { send_with_descriptors(c, &kMemory, sizeof kMemory, {good.get(), good.get()}); };
-            expected = "MEMORY came with 2 descriptors";
+            expected = sizeof(void*) == 8 ? "MEMORY came with 2 descriptors" : "MSG_CTRUNC";
         }
         SECTION("three descriptors: MSG_CTRUNC, the kernel dropped one") {
+            // qemu-user receives into a control buffer of its own and copies what fits: it neither
+            // closes the descriptors that do not fit nor sets MSG_CTRUNC.
+            if (auto why = emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open"); !why.empty())
+                SKIP_TEST(why);
             writer_side = [&](int c) {
                 send_with_descriptors(c, &kMemory, sizeof kMemory, {good.get(), good.get(), good.get()});
             };
