@@ -229,9 +229,9 @@ std::string rust_reader() {
     return binary("interop/rust/release/fdpass_reader");
 }
 
-/// Runs `writer_argv` with `data` on its stdin and `reader_argv`, both to the end; checks both
-/// exit 0 and the bytes arrive identical.
-void check_04_pair(const std::vector<std::string>& writer_argv, const std::vector<std::string>& reader_argv,
+/// Runs `writer_argv` (a socket writer of chapter 04 or 06) with `data` on its stdin and `reader_argv`,
+/// both to the end; checks both exit 0 and the bytes arrive identical.
+void check_socket_pair(const std::vector<std::string>& writer_argv, const std::vector<std::string>& reader_argv,
                    const std::string& data) {
     ProcessGroup group;
     Process& w = group.start("writer", writer_argv, Stdin::kPipe);
@@ -255,7 +255,7 @@ TEST_CASE("interop 04: 1 MiB from the Python writer arrives identical at the C++
     TempDir dir;
     const std::string socket_path = dir.file("interop.sock");
     leaks.watch_path(socket_path);
-    check_04_pair({kPython, python_peer("fdpass_writer.py"), "--name", socket_path, "--timeout", "30"},
+    check_socket_pair({kPython, python_peer("fdpass_writer.py"), "--name", socket_path, "--timeout", "30"},
                   {binary("04-fd-passing/reader"), "--name", socket_path, "--timeout", "30"},
                   random_bytes(1 << 20, 4004));
     check_nothing_left(leaks);
@@ -268,7 +268,7 @@ TEST_CASE("interop 04: 1 MiB from the C++ writer arrives identical at the Python
     TempDir dir;
     const std::string socket_path = dir.file("interop.sock");
     leaks.watch_path(socket_path);
-    check_04_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
+    check_socket_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
                   {kPython, python_peer("fdpass_reader.py"), "--name", socket_path, "--timeout", "30"},
                   random_bytes(1 << 20, 4040));
     check_nothing_left(leaks);
@@ -281,7 +281,7 @@ TEST_CASE("interop 04: 1 MiB from the C++ writer arrives identical at the Rust r
     TempDir dir;
     const std::string socket_path = dir.file("interop.sock");
     leaks.watch_path(socket_path);
-    check_04_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
+    check_socket_pair({binary("04-fd-passing/writer"), "--name", socket_path, "--timeout", "30"},
                   {rust_reader(), "--name", socket_path, "--timeout", "30"}, random_bytes(1 << 20, 4044));
     check_nothing_left(leaks);
 }
@@ -323,5 +323,19 @@ TEST_CASE("interop 04: the C++ reader and the Rust reader refuse a Python writer
         CHECK_THAT(r.last_error_line(), contains(refusal));
         CHECK(r.out.empty());
     }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("interop 06: 3 MiB from the C++ pool writer arrive identical at the Rust pool reader", "[interop][06][rust]") {
+    const std::string reader = binary("interop/rust/release/pool_reader");
+    if (::access(reader.c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust readers are not built: make interop builds them (Debian's cargo and librust-libc-dev)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("pool.sock");
+    leaks.watch_path(socket_path);
+    // More than the pool holds (8 slots of 64 KiB): slots are loaned, returned and filled again.
+    check_socket_pair({binary("06-zero-copy/writer"), "--name", socket_path, "--timeout", "30"},
+                  {reader, "--name", socket_path, "--timeout", "30"}, random_bytes(3 << 20, 6006));
     check_nothing_left(leaks);
 }
