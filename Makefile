@@ -20,6 +20,7 @@ endif
 endif
 endif
 
+include mk/cross.mk
 include mk/rules.mk
 include 00-same-page/Module.mk
 include 01-sysv/Module.mk

@@ -59,13 +59,15 @@ inline constexpr const char* kDefaultName = "/shm-tutorial-02";
 /// Chapter 02's words in the header's chapter area: the semaphores of the hand-off and the claim.
 /// Each `sem_t` has its own 64-byte line; a `sem_wait` writes to a semaphore too (its waiter
 /// count), so a line is not written by one side only.
+/// A glibc `sem_t` is 32 bytes on 64-bit machines and 16 on 32-bit ARM: `alignas(32)` keeps
+/// `reader_pid` at offset 96 on both, so that only the opaque semaphores differ between them.
 struct HandOff {
-    alignas(64) sem_t block_ready;          ///< posted by the writer
-    alignas(64) sem_t block_free;           ///< posted by the reader
-    std::atomic<std::uint32_t> reader_pid;  ///< set once by the reader that claims the object
-    alignas(64) sem_t claimed;              ///< posted once by that reader
+    alignas(64) sem_t block_ready;                      ///< posted by the writer
+    alignas(64) sem_t block_free;                       ///< posted by the reader
+    alignas(32) std::atomic<std::uint32_t> reader_pid;  ///< set once by the reader that claims the object
+    alignas(64) sem_t claimed;                          ///< posted once by that reader
 };
-static_assert(sizeof(sem_t) == 32, "the notes document a 32-byte sem_t (glibc, 64-bit)");
+static_assert(sizeof(sem_t) <= 32, "a sem_t fits its 32 bytes (glibc: 32 on 64-bit machines, 16 on 32-bit ARM)");
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(sizeof(HandOff) <= sizeof(shmtut::SharedHeader::chapter_area));
 static_assert(offsetof(HandOff, block_ready) == 0 && offsetof(HandOff, block_free) == 64 &&

@@ -265,14 +265,15 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
 Mapping map_and_validate(const OpenedObject& object, const Deadline& deadline, HeaderSnapshot& validated,
                          const Narrator& say) {
     // PROT_WRITE: the reader posts semaphores and claims the object in the shared header.
-    const std::string call = "mmap(NULL, " + std::to_string(object.size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
+    const std::size_t size = mappable_size(object.size);
+    const std::string call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
                              std::to_string(object.fd.get()) + ", 0)";
-    void* base = ::mmap(nullptr, object.size, PROT_READ | PROT_WRITE, MAP_SHARED, object.fd.get(), 0);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, object.fd.get(), 0);
     if (base == MAP_FAILED)
         throw_errno(call);
-    Mapping mapping(base, object.size);
+    Mapping mapping(base, size);
     say.say("%s = %p", call.c_str(), base);
-    guard_mapping(base, object.size, object.fd.get(), say);
+    guard_mapping(base, size, object.fd.get(), say);
 
     const auto& header = *static_cast<const SharedHeader*>(base);
     for (;;) { // the writer stores the magic last
@@ -333,7 +334,7 @@ void copy_stream(SharedHeader& header, std::uint64_t capacity, const posix::Peer
                  const posix::ObjectLocation& target, const OpenedObject& object, const Narrator& say) {
     posix::HandOff& hand_off = posix::hand_off_in(header);
     const std::uint8_t* data = data_area(&header);
-    std::vector<std::uint8_t> piece(std::min<std::uint64_t>(capacity, 64 * 1024));
+    std::vector<std::uint8_t> piece(static_cast<std::size_t>(std::min<std::uint64_t>(capacity, 64 * 1024)));
     const char* const post_call = "sem_post(block_free)";
     std::uint64_t total = 0;
     for (std::uint64_t expected = 1;; ++expected) {

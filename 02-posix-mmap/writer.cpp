@@ -287,7 +287,8 @@ std::uint64_t stream(Input& input, SharedHeader& header, std::uint64_t capacity,
             reader_gone();
         // While the input has nothing to read (a keyboard, a slow pipe), Input asks every second
         // whether the reader still holds its lock.
-        std::size_t length = input.next(data, capacity, [&reader] { return reader.alive(); });
+        // (capacity fits a size_t: it was mapped, see run())
+        std::size_t length = input.next(data, static_cast<std::size_t>(capacity), [&reader] { return reader.alive(); });
         if (length == 0)
             break;
         publish_block(header, length, ++sequence, false);
@@ -338,7 +339,7 @@ int run(const Options& options, const posix::ObjectLocation& target, std::uint64
     Narrator say("writer", options.quiet);
     install_stop_handlers();
     NameOwner name(target, say);
-    const std::size_t size = kHeaderSize + capacity;
+    const std::size_t size = mappable_size(kHeaderSize + capacity);
 
     // The descriptor stays open for the whole run: it carries the writer's lock.
     UniqueFd object = create_object(target, options.force, name, say);

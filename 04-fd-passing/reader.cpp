@@ -282,7 +282,7 @@ int run(const Options& options) {
     }
     // Trust order: seals first, then the size (once F_SEAL_SHRINK|F_SEAL_GROW are in place the
     // size cannot change), then what it is; see common/seals.hpp.
-    std::uint64_t size = check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, kHeaderSize, say);
+    const std::size_t size = mappable_size(check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, kHeaderSize, say));
 
     // Read-only: in this chapter the reader writes nothing into the memory; the socket carries
     // its replies.

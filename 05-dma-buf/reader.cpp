@@ -121,7 +121,7 @@ int run(const Options& options) {
     }
     say.say("send(HELLO); recvmsg(fd=%d, MSG_CMSG_CLOEXEC) = 16: MEMORY, 1 descriptor: fd %d", connection.get(),
             buffer.get());
-    std::uint64_t size = check_dmabuf(buffer.get(), say);
+    const std::size_t size = mappable_size(check_dmabuf(buffer.get(), say));
 
     const std::string mmap_call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ, MAP_SHARED, fd=" +
                                   std::to_string(buffer.get()) + ", 0)";

@@ -166,7 +166,7 @@ int run(const Options& options, bool use_udmabuf) {
     // Whole pages: udmabuf requires it, and every exporter works in pages anyway.
     const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     const std::size_t size = (kHeaderSize + kDefaultDataCapacity + page - 1) / page * page;
-    const std::uint64_t capacity = size - kHeaderSize;
+    const std::size_t capacity = size - kHeaderSize;
 
     UniqueFd buffer = use_udmabuf ? create_udmabuf(size, say) : allocate_from_heap(size, say);
     // A name for people: /proc/PID/fdinfo/N shows it (Linux 5.3; older kernels answer ENOTTY, and

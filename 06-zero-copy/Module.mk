@@ -32,6 +32,9 @@ bench: ## measure every technique side by side (QUICK=1: under a minute); CSV an
 
 # Where Google Benchmark is installed, the test runner's smoke test [06][bench] runs the
 # benchmark too, so make test builds it.
+# (Not in a cross build: Debian's libbenchmark is for the build machine only.)
 ifneq ($(wildcard /usr/include/benchmark/benchmark.h),)
+ifeq ($(CROSS),)
 $(BUILD)/tests/run-tests: | $(BENCH)
+endif
 endif

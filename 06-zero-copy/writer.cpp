@@ -102,10 +102,10 @@ UniqueFd create_pool(const PoolShape& shape, Mapping& mapping, const Narrator& s
     // Allocate every page now: a full tmpfs fails here (ENOSPC), not later as SIGBUS in a slot.
     if (int error = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size)); error != 0)
         throw_error(error, "posix_fallocate(" + std::to_string(size) + ")");
-    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    void* base = ::mmap(nullptr, mappable_size(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (base == MAP_FAILED)
         throw_errno("mmap");
-    mapping = Mapping(base, size);
+    mapping = Mapping(base, static_cast<std::size_t>(size));
     // The reader will use the slots in place: the pool must keep its size (chapter 03).
     if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == -1)
         throw_errno("fcntl(F_ADD_SEALS)");
@@ -302,7 +302,7 @@ int run(const Options& options, const PoolShape& shape) {
             }
             // Fill in place: standard input is read straight into the slot, no buffer between.
             std::uint8_t* slot_bytes = slots + *slot * shape.slot_size;
-            std::size_t length = input.next(slot_bytes, shape.slot_size, [&] {
+            std::size_t length = input.next(slot_bytes, static_cast<std::size_t>(shape.slot_size), [&] {
                 refuse_asking(session.listener, callers, say);
                 pollfd entry{session.connection, POLLIN | POLLRDHUP, 0};
                 return !(::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0);

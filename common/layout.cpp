@@ -3,6 +3,7 @@
 #include "layout.hpp"
 
 #include <cinttypes>
+#include <limits>
 #include <cstdio>
 #include <new>
 #include <string>
@@ -86,6 +87,14 @@ void validate_block(const HeaderSnapshot& snapshot, std::uint64_t validated_capa
     if (snapshot.end_of_stream > 1)
         throw LayoutError(format("block refused: end-of-stream flag is %" PRIu32 ", expected 0 or 1",
                                  snapshot.end_of_stream));
+}
+
+std::size_t mappable_size(std::uint64_t object_size) {
+    if (object_size > std::numeric_limits<std::size_t>::max())
+        throw LayoutError(format("object refused: its %" PRIu64 " bytes do not fit in this process's address space "
+                                 "(size_t has %zu bits)",
+                                 object_size, sizeof(std::size_t) * 8));
+    return static_cast<std::size_t>(object_size);
 }
 
 } // namespace shmtut

@@ -145,4 +145,10 @@ inline std::uint8_t* data_area(void* base) { return static_cast<std::uint8_t*>(b
 /// The first byte of the data area, read-only.
 inline const std::uint8_t* data_area(const void* base) { return static_cast<const std::uint8_t*>(base) + kHeaderSize; }
 
+/// The real size of a shared object (from `fstat` or `shmctl`: 64 bits on every machine) as the
+/// `size_t` that `mmap` takes. On a 32-bit machine (armhf) `size_t` has 32 bits: an object of
+/// 4 GiB or more cannot be mapped whole there, and a silent truncation would map a few bytes
+/// while the checks that follow trust the full size. Throws LayoutError when it does not fit.
+std::size_t mappable_size(std::uint64_t object_size);
+
 } // namespace shmtut

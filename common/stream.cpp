@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 #include <poll.h>
@@ -53,7 +54,9 @@ std::size_t Input::next(std::uint8_t* destination, std::size_t capacity, const s
 
 void write_all(int fd, const std::uint8_t* bytes, std::uint64_t length) {
     while (length > 0) {
-        ssize_t n = ::write(fd, bytes, length);
+        // write(2) takes a size_t: 32 bits on armhf, where a 64-bit length is written in pieces.
+        const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(length, SSIZE_MAX));
+        ssize_t n = ::write(fd, bytes, piece);
         if (n == -1) {
             if (errno == EINTR) {
                 throw_if_stopped();

@@ -185,6 +185,7 @@ Process& ProcessGroup::start(const std::string& name, const std::vector<std::str
     bool group_alive = std::any_of(processes_.begin(), processes_.end(), [](const Process& p) { return !p.wait_status; });
     pid_t group = group_alive ? group_ : 0;
 
+    const std::vector<std::string> full_argv = through_emulator(argv);
     pid_t pid = ::fork();
     if (pid == -1)
         fail_errno("fork");
@@ -201,7 +202,7 @@ Process& ProcessGroup::start(const std::string& name, const std::vector<std::str
         if (as.uid != static_cast<uid_t>(-1) && ::setuid(as.uid) == -1)
             ::_exit(126);
         std::vector<char*> args;
-        for (const std::string& arg : argv)
+        for (const std::string& arg : full_argv)
             args.push_back(const_cast<char*>(arg.c_str()));
         args.push_back(nullptr);
         ::execv(args[0], args.data());
@@ -778,6 +779,68 @@ std::chrono::seconds exercise_hard_limit(std::chrono::seconds hard_limit) {
     long seconds = std::strtol(text, &end, 10);
     if (*end != '\0' || seconds <= 0) return hard_limit;
     return std::min(hard_limit, std::chrono::seconds(seconds));
+}
+
+// Running the suite on another architecture under qemu-user (make test-cross).
+
+std::string emulator() {
+    const char* name = std::getenv("SHMTUT_EMULATOR");
+    return name == nullptr ? std::string() : std::string(name);
+}
+
+std::vector<std::string> through_emulator(const std::vector<std::string>& argv) {
+    const std::string qemu = emulator();
+    if (qemu.empty())
+        return argv;
+    // The first program of the build folder (an ELF file for the target) on the command line:
+    // argv[0], or a later argument when a tool of this machine starts it (unshare ... reader).
+    // A script, or a tool such as python3, runs as it is.
+    const std::string build_dir = std::string(SHMTUT_BUILD_DIR) + "/";
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        if (argv[i].compare(0, build_dir.size(), build_dir) != 0)
+            continue;
+        char magic[4] = {};
+        std::ifstream file(argv[i], std::ios::binary);
+        if (!file.read(magic, sizeof magic) || std::memcmp(magic, "\177ELF", 4) != 0)
+            continue;
+        std::vector<std::string> full(argv.begin(), argv.begin() + static_cast<std::ptrdiff_t>(i));
+        full.push_back(qemu);
+        full.insert(full.end(), argv.begin() + static_cast<std::ptrdiff_t>(i), argv.end());
+        return full;
+    }
+    return argv;
+}
+
+std::string emulator_cannot(const std::string& what) {
+    const std::string qemu = emulator();
+    if (qemu.empty())
+        return {};
+    return qemu + " (qemu-user) cannot emulate " + what;
+}
+
+std::string emulator_cannot_exec() {
+    const std::string qemu = emulator();
+    if (qemu.empty())
+        return {};
+    // With a binfmt_misc handler for the target (qemu-user-static registers "qemu-ARCH" on a
+    // machine where binfmt_misc is mounted), the kernel itself starts qemu for a target program.
+    std::string handler = qemu.substr(qemu.rfind('/') + 1);
+    if (const auto suffix = handler.rfind("-static"); suffix != std::string::npos)
+        handler.erase(suffix);
+    std::ifstream entry("/proc/sys/fs/binfmt_misc/" + handler);
+    std::string state;
+    if (std::getline(entry, state) && state == "enabled")
+        return {};
+    return qemu + " (qemu-user) cannot let a target program execute another one (posix_spawn): "
+                  "no binfmt_misc handler " + handler + " is registered on this machine";
+}
+
+std::string emulator_cannot_show_addresses() {
+    const std::string qemu = emulator();
+    if (qemu.empty() || sizeof(void*) == 8)
+        return {};
+    return qemu + " (qemu-user) runs a 32-bit program at an offset inside its own address space: "
+                  "/proc/PID/maps and /proc/PID/pagemap show the emulator's addresses, not the program's";
 }
 
 } // namespace testsupport

@@ -270,6 +270,29 @@ std::string exercise_binary(const std::string& program);
 /// learner's unfinished program (make exercise-NN) that hangs fails in seconds, not a minute.
 std::chrono::seconds exercise_hard_limit(std::chrono::seconds hard_limit);
 
+// Running the suite on another architecture under qemu-user (make test-cross, scripts/test-cross).
+
+/// The user-mode emulator that runs this suite's programs ($SHMTUT_EMULATOR, for example
+/// "qemu-arm-static"), or "" when they run natively.
+std::string emulator();
+
+/// `argv` as ProcessGroup::start() executes it: under an emulator, a program of the build folder
+/// (an ELF file) is started through it, since no binfmt_misc handler may be registered.
+std::vector<std::string> through_emulator(const std::vector<std::string>& argv);
+
+/// "" when the programs run natively; under an emulator, the reason a case that needs `what`
+/// cannot run there, for SKIP_TEST(): `if (auto why = emulator_cannot("ptrace"); !why.empty())`.
+std::string emulator_cannot(const std::string& what);
+
+/// "" when a program of the build can execute another one (natively, or under qemu-user with a
+/// binfmt_misc handler registered for it); else the reason, for SKIP_TEST().
+std::string emulator_cannot_exec();
+
+/// "" natively and for a 64-bit target; under qemu-user running a 32-bit target (armhf), the
+/// reason a case that reads /proc/PID/maps or /proc/PID/pagemap at the program's addresses cannot
+/// run, for SKIP_TEST().
+std::string emulator_cannot_show_addresses();
+
 } // namespace testsupport
 
 /// Ends the current test case as skipped: `SKIP_TEST("not root: ...")`. It records the reason

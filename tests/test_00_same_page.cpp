@@ -119,6 +119,8 @@ TEST_CASE("00: the notes quote the bare program whole, exactly as it is in the f
 
 TEST_CASE("00: the parent reads the child's write in the shared page and keeps its own in the private page",
           "[00]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     {
         ProcessGroup group;
@@ -157,6 +159,8 @@ TEST_CASE("00: the parent reads the child's write in the shared page and keeps i
 
 TEST_CASE("00: as root, the shared page is one frame in both processes, the private page two after the write",
           "[00]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     if (!pfns_visible())
         SKIP_TEST(kHiddenReason);
     ProcessGroup group;
@@ -182,6 +186,8 @@ TEST_CASE("00: as root, the shared page is one frame in both processes, the priv
 }
 
 TEST_CASE("00: without CAP_SYS_ADMIN the PFNs are hidden, the program says why, and the texts still show", "[00]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     RunAs as;
     if (pfns_visible()) {
         std::optional<RunAs> nobody = unprivileged_ids();

@@ -640,6 +640,12 @@ TEST_CASE("02: an object shrunk just before the reader's futex call makes it exi
 }
 
 TEST_CASE("02: an object shrunk under the reader makes it exit 1, not die of SIGBUS", "[02][sigbus]") {
+    // qemu-arm (a 32-bit guest) kills the program on that SIGBUS instead of running its handler.
+    if (sizeof(void*) == 4)
+        if (auto why = testsupport::emulator_cannot("the SIGBUS of a shrunk file mapping for a 32-bit program (it "
+                                                    "does not reach the handler)");
+            !why.empty())
+            SKIP_TEST(why);
     // The test plays a hostile writer: it holds the writer's lock, publishes a good header, lets
     // the reader claim the object, then truncates it. The reader's SIGBUS handler recovers.
     LeakCheck leaks;

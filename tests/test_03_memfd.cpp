@@ -113,6 +113,8 @@ Process& read_own_descriptor(ProcessGroup& group, int fd, std::vector<std::strin
 } // namespace
 
 TEST_CASE("03: one terminal: the writer spawns the reader, and the message arrives exactly", "[03]") {
+    if (auto why = emulator_cannot_exec(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     {
         ProcessGroup group;
@@ -134,6 +136,8 @@ TEST_CASE("03: 4 MiB of random bytes arrive identical through both routes", "[03
     LeakCheck leaks;
     const std::string data = random_bytes(4 << 20, 31);
     SECTION("one terminal: inherited descriptor") {
+        if (auto why = emulator_cannot_exec(); !why.empty())
+            SKIP_TEST(why);
         ProcessGroup group;
         Process& w = group.start("writer", writer({"--spawn", "--quiet"}), Stdin::kPipe);
         group.feed(w, data, true);
@@ -162,6 +166,8 @@ TEST_CASE("03: 4 MiB of random bytes arrive identical through both routes", "[03
 }
 
 TEST_CASE("03: a snapshot arrives identical, sealed against writes", "[03]") {
+    if (auto why = emulator_cannot_exec(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     const std::string data = random_bytes(1 << 20, 32);
     {
@@ -374,6 +380,8 @@ TEST_CASE("03 seals: a sealed memfd cannot be shrunk under a reader, so no SIGBU
 
 TEST_CASE("03: a sender that shrinks the memfd and then seals it while the reader checks it cannot kill the reader",
           "[03][seals][sigbus]") {
+    if (auto why = emulator_cannot("ptrace: PTRACE_TRACEME fails with ENOSYS"); !why.empty())
+        SKIP_TEST(why);
     // The test plays a hostile sender that keeps its descriptor: it hands over an unsealed memfd
     // of the right size, stops the reader inside its checks (ptrace), shrinks the memfd to 0 and
     // adds F_SEAL_SHRINK|F_SEAL_GROW, then lets the reader go on. A reader that looked at the
@@ -485,6 +493,8 @@ TEST_CASE("03: a killed reader is noticed by the writer, which exits and leaves 
             CHECK_THAT(w.last_error_line(), contains("the reader died"));
         }
         SECTION("one terminal: the spawned reader dies mid-stream") {
+            if (auto why = emulator_cannot_exec(); !why.empty())
+                SKIP_TEST(why);
             Process& w = group.start("writer", writer({"--spawn"}), Stdin::kPipe);
             group.feed(w, "first block\n", false);
             group.wait_for_stdout(w, 12);
@@ -529,6 +539,8 @@ TEST_CASE("03: the writer does not take a pid written into the mapping for a rea
 }
 
 TEST_CASE("03: the reader holds the writer process before it takes the writer's descriptor", "[03]") {
+    if (auto why = emulator_cannot("ptrace: PTRACE_TRACEME fails with ENOSYS"); !why.empty())
+        SKIP_TEST(why);
     // Opening /proc/PID/fd/N first and pidfd_open(PID) after leaves a window in which the writer
     // can die and its pid be given to another process. The order that closes it: pidfd_open,
     // then the open, then a look at the pidfd. Watched here system call by system call.
@@ -558,6 +570,9 @@ TEST_CASE("03: the reader holds the writer process before it takes the writer's 
 }
 
 TEST_CASE("03: without pidfd_open (a kernel before 5.3) both programs fall back to /proc/PID", "[03][fallback]") {
+    if (auto why = emulator_cannot("a seccomp filter: it refuses PR_SET_SECCOMP, and a filter would see the "
+                                   "system calls of the emulator, not of the program"); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     const FailingSyscall no_pidfd_open{SYS_pidfd_open, ENOSYS};
     {
@@ -591,6 +606,9 @@ TEST_CASE("03: without pidfd_open (a kernel before 5.3) both programs fall back 
 
 TEST_CASE("03: a kernel without memfd_create makes the writer exit 77; one without MFD_NOEXEC_SEAL, retry without",
           "[03][fallback]") {
+    if (auto why = emulator_cannot("a seccomp filter: it refuses PR_SET_SECCOMP, and a filter would see the "
+                                   "system calls of the emulator, not of the program"); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     {
         ProcessGroup group;
@@ -705,6 +723,8 @@ TEST_CASE("03 step 1: the notes quote the bare pair whole, as it is in the files
 }
 
 TEST_CASE("03: a writer that dies while the reader opens its descriptor is not trusted", "[03]") {
+    if (auto why = emulator_cannot("ptrace: PTRACE_TRACEME fails with ENOSYS"); !why.empty())
+        SKIP_TEST(why);
     // The reader holds a pidfd on PID, opens /proc/PID/fd/N, then asks the pidfd whether the
     // process is still alive: if it died in between, the number may already name another
     // process, whose descriptor the reader may have just opened. Here the writer is killed

@@ -153,6 +153,16 @@ std::string read_file(const std::string& path) {
     return text.str();
 }
 
+/// True for poll(2) as glibc makes it: ppoll, or poll where the architecture has it (arm64 has
+/// only ppoll).
+bool is_poll_call(long number) {
+#ifdef SYS_poll
+    if (number == SYS_poll)
+        return true;
+#endif
+    return number == SYS_ppoll;
+}
+
 /// Starts the real reader under ptrace (support's traced()) against a writer played by this
 /// test, and stops it before its `check`-th check of the received memfd (F_GET_SEALS or fstat,
 /// in the reader's own order). The hand-over happens on the way: when the reader, having sent
@@ -162,7 +172,7 @@ std::string read_file(const std::string& path) {
 bool stop_reader_before_check(Process& reader, int listener, int memory, UniqueFd& connection, int check) {
     int checks = 0;
     return stop_at_syscall(reader, [&](const SyscallEntry& call) {
-        if (!connection && (call.number == SYS_poll || call.number == SYS_ppoll)) {
+        if (!connection && is_poll_call(call.number)) {
             pollfd entry{listener, POLLIN, 0};
             if (::poll(&entry, 1, 0) == 1) { // the reader has connected and asked
                 connection = accept_reader(listener);
@@ -398,10 +408,19 @@ TEST_CASE("04 hostile writer: every wrong hand-over is refused, exit 1, no descr
             expected = "MEMORY came with 0 descriptors, expected exactly 1";
         }
         SECTION("two descriptors: they fit (alignment), no MSG_CTRUNC, still refused") {
+            // CMSG_SPACE(sizeof(int)) holds two on 64-bit machines; on 32-bit ones it holds one
+            // and the kernel sets MSG_CTRUNC (which qemu-user does not emulate).
+            if (auto why = emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open");
+                !why.empty() && sizeof(void*) == 4)
+                SKIP_TEST(why);
             writer_side = [&](int c) { send_with_descriptors(c, &kMemory, sizeof kMemory, {good.get(), good.get()}); };
-            expected = "MEMORY came with 2 descriptors";
+            expected = sizeof(void*) == 8 ? "MEMORY came with 2 descriptors" : "MSG_CTRUNC";
         }
         SECTION("three descriptors: MSG_CTRUNC, the kernel dropped one") {
+            // qemu-user receives into a control buffer of its own and copies what fits: it neither
+            // closes the descriptors that do not fit nor sets MSG_CTRUNC.
+            if (auto why = emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open"); !why.empty())
+                SKIP_TEST(why);
             writer_side = [&](int c) {
                 send_with_descriptors(c, &kMemory, sizeof kMemory, {good.get(), good.get(), good.get()});
             };
@@ -546,6 +565,8 @@ TEST_CASE("04 hostile writer: a reader at its RLIMIT_NOFILE refuses the dropped 
 
 TEST_CASE("04 hostile writer: a memfd shrunk and sealed between the reader's checks is refused, never SIGBUS",
           "[04][hostile][sigbus]") {
+    if (auto why = emulator_cannot("ptrace: PTRACE_TRACEME fails with ENOSYS"); !why.empty())
+        SKIP_TEST(why);
     // Unsealed when sent; the "writer" keeps it, and with the reader stopped before its first or
     // its second check, shrinks it to 0 and adds the seals. Checking the seals first closes the
     // window: the reader refuses it; checking the size first maps 65792 bytes of nothing: SIGBUS.
@@ -577,6 +598,8 @@ TEST_CASE("04 hostile writer: a memfd shrunk and sealed between the reader's che
 }
 
 TEST_CASE("04: the received descriptor is close-on-exec from the moment it arrives", "[04]") {
+    if (auto why = emulator_cannot("ptrace: PTRACE_TRACEME fails with ENOSYS"); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     Chapter04 chapter;
     leaks.watch_path(chapter.name);

@@ -129,7 +129,7 @@ pool::Message receive_message(int socket_fd, shmtut::UniqueFd* descriptor = null
 /// process, which the reader sees as the writer through SO_PEERCRED.
 shmtut::UniqueFd make_pool(std::uint32_t slot_count = 4, std::uint64_t slot_size = 4096,
                            std::uint64_t claimed_capacity = 0) {
-    const std::size_t size = pool::kSlotsOffset + slot_count * slot_size;
+    const auto size = static_cast<std::size_t>(pool::kSlotsOffset + slot_count * slot_size);
     shmtut::UniqueFd fd(::memfd_create("shmtut-test-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     REQUIRE(fd);
     REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(size)) == 0);
@@ -138,7 +138,7 @@ shmtut::UniqueFd make_pool(std::uint32_t slot_count = 4, std::uint64_t slot_size
     shmtut::SharedHeader* header = shmtut::construct_header(base);
     pool::geometry_of(*header).slot_count.store(slot_count);
     pool::geometry_of(*header).slot_size.store(slot_size);
-    std::memset(static_cast<char*>(base) + pool::kSlotsOffset, 'p', slot_count * slot_size);
+    std::memset(static_cast<char*>(base) + pool::kSlotsOffset, 'p', static_cast<std::size_t>(slot_count * slot_size));
     shmtut::publish_header(*header, claimed_capacity != 0 ? claimed_capacity : slot_count * slot_size,
                            static_cast<std::uint32_t>(::getpid()), 0);
     ::munmap(base, size);

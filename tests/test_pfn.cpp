@@ -123,6 +123,8 @@ TEST_CASE("pfn: usage errors exit 2 with a pointer to --help", "[pfn]") {
 }
 
 TEST_CASE("pfn: an address of the test process gives the line of /proc/PID/maps it belongs to", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     SharedPage page;
     // An address inside the page, not at its start: pfn finds the page that holds it.
     const void* inside = static_cast<char*>(page.address) + 100;
@@ -146,6 +148,8 @@ TEST_CASE("pfn: an address of the test process gives the line of /proc/PID/maps 
 }
 
 TEST_CASE("pfn: no such process, an unmapped address and an untouched page each get a clear error", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     // A pid that existed a moment ago and has been reaped.
     pid_t gone = ::fork();
     REQUIRE(gone != -1);
@@ -181,6 +185,8 @@ TEST_CASE("pfn: no such process, an unmapped address and an untouched page each 
 }
 
 TEST_CASE("pfn: as root, two virtual addresses of one shared page show one PFN", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot("mremap(2) with old_size 0, which maps a shared page a second time"); !why.empty())
+        SKIP_TEST(why);
     if (!pfns_visible())
         SKIP_TEST(kHiddenReason);
     SharedPage page;
@@ -204,6 +210,8 @@ TEST_CASE("pfn: as root, two virtual addresses of one shared page show one PFN",
 }
 
 TEST_CASE("pfn: as root, a parent and a child sharing a page show one PFN; their private page two", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     if (!pfns_visible())
         SKIP_TEST(kHiddenReason);
     ProcessGroup group;
@@ -253,6 +261,8 @@ TEST_CASE("pfn: as root, a parent and a child sharing a page show one PFN; their
 }
 
 TEST_CASE("pfn: without CAP_SYS_ADMIN the PFN is hidden, and pfn says why", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
     RunAs as;
     if (pfns_visible()) {
         std::optional<RunAs> nobody = unprivileged_ids();
