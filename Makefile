@@ -82,6 +82,7 @@ test-binaries: $(BINARIES) $(TEST_RUNNER)
 docs: ## build the documentation site into build/docs/html (warnings and garbled pages are errors)
 	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site; Python checks it" \
 		doxygen graphviz python3
+	@scripts/check-translations .
 	@mkdir -p $(BUILD)/docs
 	(cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs") | doxygen -
 	@scripts/check-docs $(BUILD)/docs/html .
