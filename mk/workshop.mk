@@ -27,9 +27,9 @@ vm-shell: ## boot chapter 05's VM to a shell: run the pairs there and look insid
 .PHONY: exercises
 exercises: ## list every exercise (exercises/NN-name/) as done or not: make exercise-NN runs one chapter's, with a hint
 	@scripts/ensure-packages "the exercises run the chapters' Catch2 tests" catch2
-	@scripts/exercise --list
+	+@scripts/exercise --list
 
 exercise-01: ## (and exercise-02 to exercise-06) build chapter NN's exercises and run its tests on them
 exercise-%:
 	@scripts/ensure-packages "the exercises run the chapters' Catch2 tests" catch2
-	@scripts/exercise $*
+	+@scripts/exercise $*
