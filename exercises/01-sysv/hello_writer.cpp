@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
     std::strcpy(memory, "hello, shared memory\n");
     sembuf ready = {0, +1, 0}; // the message is in place: the reader may look
     if (semop(semid, &ready, 1) == -1) die("semop(ready +1)");
+    if (std::fputs("hello_writer: the message is in place; start hello_reader\n", stderr) == EOF) die("fputs");
     sembuf done = {1, -1, 0};  // blocks until the reader posts "done"
     if (semop(semid, &done, 1) == -1) die("semop(done -1)");
 

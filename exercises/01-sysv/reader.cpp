@@ -14,13 +14,17 @@
 ///     terminal 1: build/01-sysv/writer "hello, shared memory"
 ///     terminal 2: build/01-sysv/reader
 ///
-/// The calls it teaches, in order: `ftok(3)` on the same path gives the same key; `semget(2)`
-/// and `shmget(2)` with no `IPC_CREAT` find the writer's objects; `semctl(IPC_STAT)` tells an
-/// initialised set (`sem_otime` set) from a half-made one; `shmctl(IPC_STAT)` gives the real size
-/// of the segment, which the header is checked against; `shmat(2)` with `SHM_RDONLY` maps it
-/// read-only; one `semop(2)` claims the segment and takes the "reader alive" token together;
-/// `semtimedop(2)` waits for each block, in one-second slices that notice a dead writer; and if
-/// the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it left.
+/// The calls it teaches, in order: `ftok(3)` on the same path gives the same key (after
+/// `lstat(2)`: a symbolic link is refused, never followed); `semget(2)` and then `shmget(2)`,
+/// with no `IPC_CREAT`, find the writer's objects, the set first; `semctl(IPC_STAT)` tells an
+/// initialised set (`sem_otime` set) from a half-made one, and its creator; `shmctl(IPC_STAT)`
+/// gives the real size of the segment, which the header is checked against; `shmat(2)` with
+/// `SHM_RDONLY` maps it read-only; one `semop(2)` claims the segment and takes the "reader alive"
+/// token together; `semtimedop(2)` waits for each block, in one-second slices that notice a
+/// dead writer; and if the writer died, `shmctl(IPC_RMID)` and `semctl(IPC_RMID)` remove what it
+/// left.
+///
+/// Step 1 of the chapter, hello_reader.cpp, makes the same calls with none of the robustness.
 #include <cerrno>
 #include <cstdio>
 #include <string>
@@ -73,8 +77,8 @@ struct WriterObjects {
 
 /// The writer died: it cannot remove its objects any more, so the reader does, and says so.
 /// It removes only what that writer made: the segment it finds by key only if the dead writer
-/// created it (`shm_cpid`), and the key file only if a writer made it (it holds the marker) and
-/// no new writer's set has taken the key meanwhile.
+/// created it (`shm_cpid`), and the key file only if a writer made it (it holds the marker), it
+/// is still the file the key came from, and no new writer's set has taken the key meanwhile.
 [[noreturn]] void writer_died(WriterObjects& writer, const char* when, const Narrator& say) {
     int writer_pid = sysv::semaphore_pid(writer.semid, sysv::kWriterAlive); // it took the token, its exit gave it back
     say.say("the writer (pid %d) is gone: semaphore 0 'writer alive' is 0; removing what it left", writer_pid);
@@ -89,7 +93,8 @@ struct WriterObjects {
                               ::shmctl(writer.shmid, IPC_RMID, nullptr), "the dead writer's segment");
     sysv::narrate_cleanup(say, "semctl(semid=" + std::to_string(writer.semid) + ", 0, IPC_RMID)",
                           ::semctl(writer.semid, 0, IPC_RMID), "the dead writer's semaphore set");
-    if (sysv::is_writer_key_file(writer.key_file) && ::semget(writer.key, 0, 0) == -1 && errno == ENOENT)
+    if (sysv::is_writer_key_file(writer.key_file) && ::ftok(writer.key_file.c_str(), sysv::kProjectId) == writer.key &&
+        ::semget(writer.key, 0, 0) == -1 && errno == ENOENT)
         sysv::narrate_cleanup(say, "unlink(\"" + writer.key_file + "\")", ::unlink(writer.key_file.c_str()),
                               "the dead writer's key file");
     throw Failure("the writer (pid " + std::to_string(writer_pid) + ") died " + when +

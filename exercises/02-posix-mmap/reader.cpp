@@ -96,6 +96,8 @@ extern "C" void on_sigbus(int signal_number, siginfo_t* info, void*) {
     // si_code > 0: the kernel raised it for a fault at si_addr (BUS_ADRERR); kill() gives <= 0,
     // and then si_addr is not an address at all.
     if (info->si_code > 0 && start != 0 && address - start < length) {
+        // mmap is not on POSIX's list of async-signal-safe functions, but on Linux it is one
+        // system call that touches no user-space state; libwayland's handler relies on it too.
         void* zeros = ::mmap(reinterpret_cast<void*>(start), length, PROT_READ | PROT_WRITE,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
         if (zeros != MAP_FAILED) {
@@ -112,10 +114,43 @@ extern "C" void on_sigbus(int signal_number, siginfo_t* info, void*) {
     ::raise(signal_number);
 }
 
-/// Installs on_sigbus() for the mapping at `base`, `length` bytes long.
-void guard_mapping(void* base, std::size_t length, const Narrator& say) {
+// One shrink the SIGBUS handler cannot see: glibc's sem_clockwait looks at the semaphore, then
+// sleeps in futex(2) on its address. If the object shrinks between the two, no access faults in
+// the reader: the kernel itself cannot find the page and futex fails with EFAULT, which glibc
+// takes for a broken invariant: it prints "The futex facility returned an unexpected error code."
+// and calls abort(). So a SIGABRT while the object is smaller than the mapping is that same
+// shrink, seen through glibc. abort() must not return, so the handler ends the process itself:
+// it writes the reader's one error line and _exit(1)s (both async-signal-safe). Nothing is lost:
+// what the reader holds (its descriptor, its lock byte, its mapping) the kernel releases at exit,
+// and an object someone shrank under a living writer is that writer's to remove.
+
+std::atomic<int> g_object_fd{-1}; ///< the object's descriptor, for fstat in on_sigabrt, or -1
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler reads it");
+
+extern "C" void on_sigabrt(int signal_number) {
+    int fd = g_object_fd.load(std::memory_order_relaxed);
+    struct stat status {};
+    if (fd >= 0 && ::fstat(fd, &status) == 0 &&
+        static_cast<std::uint64_t>(status.st_size) < g_mapping_length.load(std::memory_order_relaxed)) {
+        static const char line[] =
+            "reader: the object was shrunk under the reader (glibc's futex call on a semaphore in it failed "
+            "with EFAULT): someone holding a descriptor truncated it; chapter 03's seals make that impossible\n";
+        [[maybe_unused]] ssize_t written = ::write(STDERR_FILENO, line, sizeof line - 1);
+        ::_exit(kExitFailure);
+    }
+    struct sigaction default_action {}; // any other abort: the default action, as before
+    default_action.sa_handler = SIG_DFL;
+    sigemptyset(&default_action.sa_mask);
+    ::sigaction(signal_number, &default_action, nullptr);
+    ::raise(signal_number);
+}
+
+/// Installs on_sigbus() for the mapping at `base`, `length` bytes long, and on_sigabrt() for the
+/// object behind descriptor `fd`.
+void guard_mapping(void* base, std::size_t length, int fd, const Narrator& say) {
     g_mapping_start.store(reinterpret_cast<std::uintptr_t>(base), std::memory_order_relaxed);
     g_mapping_length.store(length, std::memory_order_relaxed);
+    g_object_fd.store(fd, std::memory_order_relaxed);
     const std::string call = "sigaction(SIGBUS, {on_sigbus, SA_SIGINFO})";
     // TODO(exercise 3): install on_sigbus (above) as the SIGBUS handler with sigaction(2):
     // sa_sigaction = on_sigbus, sa_flags = SA_SIGINFO (the handler gets si_addr, the faulting
@@ -123,6 +158,13 @@ void guard_mapping(void* base, std::size_t length, const Narrator& say) {
     // throw_errno(call). Without it, an object shrunk under the reader kills it with SIGBUS at
     // its next access (man 7 signal, man 2 mmap: SIGBUS; man 2 sigaction).
     say.say("%s = 0: a fault inside the mapping is recovered, not fatal", call.c_str());
+    const std::string abort_call = "sigaction(SIGABRT, {on_sigabrt})";
+    struct sigaction abort_action {};
+    abort_action.sa_handler = on_sigabrt;
+    sigemptyset(&abort_action.sa_mask);
+    if (::sigaction(SIGABRT, &abort_action, nullptr) == -1)
+        throw_errno(abort_call);
+    say.say("%s = 0: glibc's abort on a futex call into a shrunk object is recognised too", abort_call.c_str());
 }
 
 /// Throws if the handler found the object shrunk: whatever was read since is zeros, not data.
@@ -227,14 +269,15 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
 Mapping map_and_validate(const OpenedObject& object, const Deadline& deadline, HeaderSnapshot& validated,
                          const Narrator& say) {
     // PROT_WRITE: the reader posts semaphores and claims the object in the shared header.
-    const std::string call = "mmap(NULL, " + std::to_string(object.size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
+    const std::size_t size = mappable_size(object.size);
+    const std::string call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
                              std::to_string(object.fd.get()) + ", 0)";
-    void* base = ::mmap(nullptr, object.size, PROT_READ | PROT_WRITE, MAP_SHARED, object.fd.get(), 0);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, object.fd.get(), 0);
     if (base == MAP_FAILED)
         throw_errno(call);
-    Mapping mapping(base, object.size);
+    Mapping mapping(base, size);
     say.say("%s = %p", call.c_str(), base);
-    guard_mapping(base, object.size, say);
+    guard_mapping(base, size, object.fd.get(), say);
 
     const auto& header = *static_cast<const SharedHeader*>(base);
     for (;;) { // the writer stores the magic last
@@ -295,7 +338,7 @@ void copy_stream(SharedHeader& header, std::uint64_t capacity, const posix::Peer
                  const posix::ObjectLocation& target, const OpenedObject& object, const Narrator& say) {
     posix::HandOff& hand_off = posix::hand_off_in(header);
     const std::uint8_t* data = data_area(&header);
-    std::vector<std::uint8_t> piece(std::min<std::uint64_t>(capacity, 64 * 1024));
+    std::vector<std::uint8_t> piece(static_cast<std::size_t>(std::min<std::uint64_t>(capacity, 64 * 1024)));
     const char* const post_call = "sem_post(block_free)";
     std::uint64_t total = 0;
     for (std::uint64_t expected = 1;; ++expected) {
@@ -360,7 +403,8 @@ int run(const Options& options, const posix::ObjectLocation& target) {
 
     const std::size_t length = mapping.size();
     const std::string unmap_call = "munmap(" + posix::address_text(mapping.get()) + ", " + std::to_string(length) + ")";
-    g_mapping_start.store(0, std::memory_order_relaxed); // nothing for the handler to repair any more
+    g_mapping_start.store(0, std::memory_order_relaxed); // nothing for the handlers to repair any more
+    g_object_fd.store(-1, std::memory_order_relaxed);
     // With the name already unlinked, the last munmap (and close) frees the memory.
     if (::munmap(mapping.release(), length) == -1)
         throw_errno(unmap_call);

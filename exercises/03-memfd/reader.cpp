@@ -253,7 +253,7 @@ UniqueFd claim_memory(int memfd, memfd::Sync& sync, const Narrator& say) {
 
 int run_snapshot(const DescriptorSource& source, const Narrator& say) {
     WriterMemory memory = get_descriptor(source, say);
-    std::uint64_t size = check_descriptor(memory.memfd.get(), true, say);
+    const std::size_t size = mappable_size(check_descriptor(memory.memfd.get(), true, say));
     // Read-only and private: the seals already guarantee that nobody can change the content.
     // (Kernels before 6.7 refuse a read-only MAP_SHARED mapping of a write-sealed memfd when the
     // descriptor was opened read-write, as an inherited one is: mmap(2), F_SEAL_WRITE. A private
@@ -280,7 +280,7 @@ int run_snapshot(const DescriptorSource& source, const Narrator& say) {
 
 int run_stream(const DescriptorSource& source, const Options& options, const Narrator& say) {
     WriterMemory memory = get_descriptor(source, say);
-    std::uint64_t size = check_descriptor(memory.memfd.get(), false, say);
+    const std::size_t size = mappable_size(check_descriptor(memory.memfd.get(), false, say));
     const std::string map_call = "mmap(NULL, " + std::to_string(size) + ", PROT_READ|PROT_WRITE, MAP_SHARED, fd=" +
                                  std::to_string(memory.memfd.get()) + ", 0)";
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory.memfd.get(), 0);

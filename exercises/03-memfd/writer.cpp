@@ -230,7 +230,7 @@ int run_snapshot(const Options& options, const HandoverMode& mode, const Narrato
             content.append(reinterpret_cast<const char*>(buffer.data()), n);
     }
     const std::uint64_t capacity = content.empty() ? 1 : content.size();
-    const std::size_t size = kHeaderSize + capacity;
+    const std::size_t size = mappable_size(kHeaderSize + capacity);
 
     UniqueFd fd = create_memfd(say);
     size_memfd(fd.get(), size, say);

@@ -291,7 +291,7 @@ int run(const Options& options) {
     }
     // Trust order: seals first, then the size (once F_SEAL_SHRINK|F_SEAL_GROW are in place the
     // size cannot change), then what it is; see common/seals.hpp.
-    std::uint64_t size = check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, kHeaderSize, say);
+    const std::size_t size = mappable_size(check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, kHeaderSize, say));
 
     // Read-only: in this chapter the reader writes nothing into the memory; the socket carries
     // its replies.
@@ -306,9 +306,10 @@ int run(const Options& options) {
 
     HeaderSnapshot header = take_snapshot(*static_cast<const SharedHeader*>(base));
     validate_header(header, size);
-    if (static_cast<pid_t>(header.writer_pid) != writer_pid)
-        throw Failure("the header names writer pid " + std::to_string(header.writer_pid) + ", but pid " +
-                      std::to_string(writer_pid) + " sent it: refusing it");
+    // The header's writer_pid is not compared with SO_PEERCRED's: the connection is the proof
+    // of who sent the memory, and the header's number is the writer's pid in its own pid
+    // namespace, which is another number (or 0, invisible) in a reader started in another
+    // namespace (a container, unshare --pid). Comparing them would refuse a genuine writer there.
     const std::uint64_t capacity = header.data_capacity; // our copy: checked once, then used
     say.say("header valid: magic=0x%08x version=%u data_capacity=%llu", header.magic, header.version,
             static_cast<unsigned long long>(capacity));

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
     std::memcpy(&memfd, CMSG_DATA(cmsg), sizeof memfd);
     struct stat info;
     if (fstat(memfd, &info) == -1) die("fstat");
-    const char* pool = static_cast<const char*>(mmap(nullptr, info.st_size, PROT_READ, MAP_SHARED, memfd, 0));
+    const char* pool = static_cast<const char*>(mmap(nullptr, size_t(info.st_size), PROT_READ, MAP_SHARED, memfd, 0));
     if (pool == MAP_FAILED) die("mmap"); // the whole pool, mapped once
 
     // TODO(exercise 2): read(2) the handle, two std::uint32_t {index, length}, from the

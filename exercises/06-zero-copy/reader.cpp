@@ -200,10 +200,10 @@ int run(const Options& options) {
         // Seals first, then the size: once SHRINK and GROW are on, the size cannot change.
         std::uint64_t size = check_sealed_memfd(memory.get(), F_SEAL_SHRINK | F_SEAL_GROW, pool::kSlotsOffset, say);
         // Read-only: the reader never writes a slot; what it says goes back over the socket.
-        void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, memory.get(), 0);
+        void* base = ::mmap(nullptr, mappable_size(size), PROT_READ, MAP_SHARED, memory.get(), 0);
         if (base == MAP_FAILED)
             throw_errno("mmap(PROT_READ, MAP_SHARED)");
-        Mapping mapping(base, size);
+        Mapping mapping(base, static_cast<std::size_t>(size));
         say.say("mmap(NULL, %" PRIu64 ", PROT_READ, MAP_SHARED, fd=%d, 0) = %p: the whole pool, mapped once", size,
                 memory.get(), base);
         memory.reset();
