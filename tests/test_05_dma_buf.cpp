@@ -193,13 +193,19 @@ std::string receive_one_of(const std::vector<int>& fds, bool split = false) {
 } // namespace
 
 TEST_CASE("05 fdpass: exactly the expected descriptors, close-on-exec, or a refusal that closes them", "[05][fdpass]") {
+    // qemu-user receives into a control buffer of its own: it neither closes the descriptors that
+    // do not fit nor sets MSG_CTRUNC.
+    if (auto why = testsupport::emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open"); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     {
         shmtut::UniqueFd memfd = small_memfd();
         const int fd = memfd.get();
         CHECK(receive_one_of({fd}) == "accepted, close-on-exec");
         CHECK_THAT(receive_one_of({}), contains("came with 0 descriptor(s), expected exactly 1"));
-        CHECK_THAT(receive_one_of({fd, fd}), contains("came with 2 descriptor(s), expected exactly 1"));
+        // CMSG_SPACE(sizeof(int)) holds two descriptors on 64-bit machines only (alignment).
+        CHECK_THAT(receive_one_of({fd, fd}), contains(sizeof(void*) == 8 ? "came with 2 descriptor(s), expected exactly 1"
+                                                                         : "MSG_CTRUNC"));
         CHECK_THAT(receive_one_of({fd, fd, fd, fd}), contains("MSG_CTRUNC"));
         CHECK_THAT(receive_one_of({fd}, true), contains("a descriptor arrived with a later part of the message"));
     }
