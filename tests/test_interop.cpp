@@ -286,11 +286,11 @@ TEST_CASE("interop 04: 1 MiB from the C++ writer arrives identical at the Rust r
     check_nothing_left(leaks);
 }
 
-TEST_CASE("interop 04: the C++ reader and the Rust reader refuse a Python writer that breaks the protocol",
-          "[interop][04][rust]") {
-    if (auto why = python_missing(); !why.empty())
-        SKIP_TEST(why);
-    const bool have_rust = ::access(rust_reader().c_str(), X_OK) == 0;
+namespace {
+
+/// Runs `reader_program` against the Python writer of chapter 04 broken on purpose (--break), for
+/// each way of breaking it, and checks the refusal: exit 1 with the reason, nothing written.
+void check_04_refusals(const std::string& reader_program) {
     // Two descriptors: CMSG_SPACE(sizeof(int)) holds two on 64-bit machines (alignment), so both
     // arrive and are counted; on 32-bit ones only one fits and the kernel sets MSG_CTRUNC.
     const auto [broken, refusal] = GENERATE(table<std::string, std::string>({
@@ -301,9 +301,6 @@ TEST_CASE("interop 04: the C++ reader and the Rust reader refuse a Python writer
         {"long-block", "block refused: length 65537 exceeds the data capacity 65536"},
         {"version", "version 1"},
     }));
-    const std::string reader_name = GENERATE(std::string("C++"), std::string("Rust"));
-    if (reader_name == "Rust" && !have_rust)
-        SKIP_TEST("the Rust reader is not built: make interop builds it (Debian's cargo and librust-libc-dev)");
     LeakCheck leaks;
     TempDir dir;
     const std::string socket_path = dir.file("interop.sock");
@@ -312,18 +309,32 @@ TEST_CASE("interop 04: the C++ reader and the Rust reader refuse a Python writer
         ProcessGroup group;
         Process& w = group.start("python writer", {kPython, python_peer("fdpass_writer.py"), "--name", socket_path,
                                                    "--timeout", "30", "--break", broken, "x"});
-        const std::string reader_program = reader_name == "Rust" ? rust_reader() : binary("04-fd-passing/reader");
         Process& r = group.start("reader", {reader_program, "--name", socket_path, "--timeout", "30"});
         group.wait(r);
         group.wait(w); // the connection closed: it fails too
-        INFO(reader_name << " reader, --break " << broken << "\nreader stderr:\n" << r.err << "\nwriter stderr:\n"
-                         << w.err);
+        INFO(reader_program << ", --break " << broken << "\nreader stderr:\n" << r.err << "\nwriter stderr:\n" << w.err);
         CHECK(r.exit_code() == 1);
         CHECK(r.killed_by() == 0);
         CHECK_THAT(r.last_error_line(), contains(refusal));
         CHECK(r.out.empty());
     }
     check_nothing_left(leaks);
+}
+
+} // namespace
+
+TEST_CASE("interop 04: the C++ reader refuses a Python writer that breaks the protocol", "[interop][04]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    check_04_refusals(binary("04-fd-passing/reader"));
+}
+
+TEST_CASE("interop 04: the Rust reader refuses a Python writer that breaks the protocol", "[interop][04][rust]") {
+    if (auto why = python_missing(); !why.empty())
+        SKIP_TEST(why);
+    if (::access(rust_reader().c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust reader is not built: make interop builds it (Debian's cargo and librust-libc-dev)");
+    check_04_refusals(rust_reader());
 }
 
 TEST_CASE("interop 06: 3 MiB from the C++ pool writer arrive identical at the Rust pool reader", "[interop][06][rust]") {
