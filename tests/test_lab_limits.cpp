@@ -29,6 +29,8 @@ std::string skip_reason(const Process& program) {
 } // namespace
 
 TEST_CASE("lab limits: System V shmmax, shmmni, shmall and kernel.sem, in a new IPC namespace", "[lab][limits]") {
+    if (auto why = testsupport::emulator_cannot_exec(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     Process program = run_case("sysv");
     if (program.exit_code() == 77)
@@ -48,6 +50,8 @@ TEST_CASE("lab limits: System V shmmax, shmmni, shmall and kernel.sem, in a new 
 
 TEST_CASE("lab limits: a 1 MiB /dev/shm gives ENOSPC from posix_fallocate and SIGBUS from a store",
           "[lab][limits]") {
+    if (auto why = testsupport::emulator_cannot_exec(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     Process program = run_case("devshm");
     if (program.exit_code() == 77)
