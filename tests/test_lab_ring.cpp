@@ -26,7 +26,7 @@ namespace {
 /// A ring in this process's own memory, zeroed as ftruncate leaves a new object.
 struct LocalRing {
     explicit LocalRing(std::uint64_t capacity, ring::Layout layout = ring::Layout::kSeparateLines)
-        : memory(ring::kControlSize + capacity), view(memory.data(), capacity, layout) {}
+        : memory(static_cast<std::size_t>(ring::kControlSize + capacity)), view(memory.data(), capacity, layout) {}
     std::vector<std::byte> memory;
     ring::Ring view;
 };

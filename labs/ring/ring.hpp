@@ -198,7 +198,7 @@ public:
             handle(type, data_ + index + kHeaderLength, length - kHeaderLength);
         }
         if (consumed > 0) {
-            std::memset(data_ + head_index, 0, consumed);
+            std::memset(data_ + head_index, 0, static_cast<std::size_t>(consumed)); // <= the mapped capacity
             word(offsets_.head).store(head + consumed, std::memory_order_release);
         }
         return consumed;

@@ -110,7 +110,8 @@ void check_consumer(pid_t consumer, std::uint64_t& spins) {
 
 /// One run through the ring: nanoseconds per message, or a Failure.
 double run_ring(const Settings& settings, ring::Layout layout, bool two_cpus) {
-    const std::size_t size = ring::kControlSize + settings.capacity;
+    // (--capacity is bounded, so the size fits a 32-bit size_t too)
+    const auto size = static_cast<std::size_t>(ring::kControlSize + settings.capacity);
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED)
         throw_errno("mmap(MAP_SHARED|MAP_ANONYMOUS)");
@@ -152,7 +153,7 @@ double run_ring(const Settings& settings, ring::Layout layout, bool two_cpus) {
 /// The same bytes copied in one process, `payload` bytes at a time, through a buffer of the
 /// ring's size: the floor a ring between two processes cannot beat.
 double run_memcpy(const Settings& settings) {
-    std::vector<std::uint8_t> source(settings.payload, 0x5a), area(settings.capacity);
+    std::vector<std::uint8_t> source(settings.payload, 0x5a), area(static_cast<std::size_t>(settings.capacity));
     const std::size_t step = static_cast<std::size_t>(ring::align_up(settings.payload + ring::kHeaderLength));
     std::size_t at = 0;
     const auto start = std::chrono::steady_clock::now();

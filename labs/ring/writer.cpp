@@ -111,7 +111,8 @@ CreatedRing create_ring(const Options& options, const RingOptions& settings, Nam
     CreatedRing created{UniqueFd(fd), {}};
     guard.name = name;
     say.say("shm_open(\"%s\", O_RDWR|O_CREAT|O_EXCL, 0600) = %d", name.c_str(), fd);
-    const std::size_t size = ring::kControlSize + settings.capacity;
+    // (--capacity is bounded, so the size fits a 32-bit size_t too)
+    const auto size = static_cast<std::size_t>(ring::kControlSize + settings.capacity);
     // A new object has size 0: size it before mapping (touching past the end is SIGBUS).
     if (::ftruncate(fd, static_cast<off_t>(size)) == -1)
         throw_errno("ftruncate(fd=" + std::to_string(fd) + ", " + std::to_string(size) + ")");
