@@ -301,6 +301,11 @@ void check_04_refusals(const std::string& reader_program) {
         {"long-block", "block refused: length 65537 exceeds the data capacity 65536"},
         {"version", "version 1"},
     }));
+    // qemu-user neither sets MSG_CTRUNC nor closes what does not fit: on 32-bit, one of the two
+    // descriptors arrives, alone.
+    if (broken == "two-fds" && sizeof(void*) == 4)
+        if (auto why = emulator_cannot("MSG_CTRUNC: descriptors that do not fit are left open"); !why.empty())
+            SKIP_TEST(why);
     LeakCheck leaks;
     TempDir dir;
     const std::string socket_path = dir.file("interop.sock");

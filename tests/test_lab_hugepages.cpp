@@ -84,6 +84,10 @@ TEST_CASE("lab hugepages: SHM_HUGETLB and MFD_HUGETLB take one fault per 2 MiB p
 }
 
 TEST_CASE("lab hugepages: transparent huge pages on tmpfs come as 2 MiB pages", "[lab][hugepages]") {
+    // qemu-arm (a 32-bit guest) maps at its own alignment: the kernel sees no 2 MiB-aligned range.
+    if (sizeof(void*) == 4)
+        if (auto why = testsupport::emulator_cannot("transparent huge pages for a 32-bit program"); !why.empty())
+            SKIP_TEST(why);
     Process program = run_faults({"--size", "8M", "thp"});
     if (program.exit_code() == 77)
         SKIP_TEST(skip_reason(program));
