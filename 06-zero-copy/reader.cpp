@@ -128,7 +128,13 @@ public:
     void take(const pool::Message& message) {
         if (message.magic != pool::kMagic)
             throw Failure("refused: a message that does not start with SHM6 (garbage on the socket)");
+        // END is the last word: without this, a writer repeating END (or anything after it)
+        // would grow the queue for as long as it kept sending, since the reader takes every
+        // message that has arrived before it uses any.
+        if (ended_)
+            throw Failure(std::string("refused: the writer sent ") + pool::type_name(message.type) + " after END");
         if (message.type == pool::kEnd) {
+            ended_ = true;
             queue_.push_back(message);
             return;
         }
@@ -168,6 +174,7 @@ private:
     std::vector<bool> held_;
     std::deque<pool::Message> queue_;
     std::size_t most_held_ = 0;
+    bool ended_ = false; ///< END has arrived: nothing may follow it
 };
 
 int run(const Options& options) {

@@ -466,6 +466,10 @@ TEST_CASE("06 hostile writer: the reader refuses every index and length it canno
     SECTION("garbage on the socket") {
         CHECK_THAT(reader_refusal({pool::Message{0x12345678, pool::kFilled, 0, 1}}), contains("does not start with SHM6"));
     }
+    SECTION("a message after END (a writer repeating END without end would grow the reader's queue for ever)") {
+        CHECK_THAT(reader_refusal({kEndMessage, kEndMessage}), contains("the writer sent END after END"));
+        CHECK_THAT(reader_refusal({kEndMessage, filled(0, 10)}), contains("the writer sent FILLED after END"));
+    }
     SECTION("a pool whose slots do not add up to its capacity") {
         CHECK_THAT(reader_refusal({}, make_pool(4, 4096, 4 * 4096 - 1)),
                    contains("4 slots of 4096 bytes do not fit"));

@@ -101,13 +101,13 @@ UniqueFd receive_pool(int connection, const Deadline& deadline, const Narrator& 
 
 /// Copies the header and the geometry once, validates the copy against the real size (from
 /// fstat, after the seals), and returns the shape every index and length is checked against.
-PoolShape validate_pool(const void* base, std::uint64_t size, pid_t writer_pid, const Narrator& say) {
+PoolShape validate_pool(const void* base, std::uint64_t size, const Narrator& say) {
     const auto& header = *static_cast<const SharedHeader*>(base);
     HeaderSnapshot snapshot = take_snapshot(header);
     validate_header(snapshot, size);
-    if (static_cast<pid_t>(snapshot.writer_pid) != writer_pid)
-        throw Failure("refused: the header names writer pid " + std::to_string(snapshot.writer_pid) + ", but pid " +
-                      std::to_string(writer_pid) + " sent it");
+    // The header's writer_pid is not compared with SO_PEERCRED's: the connection is the proof of
+    // who sent the pool, and the header's number is the writer's pid in its own pid namespace,
+    // another number (or 0, invisible) for a reader in another one (a container, unshare --pid).
     PoolShape shape{pool::geometry_of(header).slot_count.load(std::memory_order_relaxed),
                     pool::geometry_of(header).slot_size.load(std::memory_order_relaxed)};
     // Overflow-safe: count and size are bounded before they are multiplied.
@@ -133,7 +133,13 @@ public:
     void take(const pool::Message& message) {
         if (message.magic != pool::kMagic)
             throw Failure("refused: a message that does not start with SHM6 (garbage on the socket)");
+        // END is the last word: without this, a writer repeating END (or anything after it)
+        // would grow the queue for as long as it kept sending, since the reader takes every
+        // message that has arrived before it uses any.
+        if (ended_)
+            throw Failure(std::string("refused: the writer sent ") + pool::type_name(message.type) + " after END");
         if (message.type == pool::kEnd) {
+            ended_ = true;
             queue_.push_back(message);
             return;
         }
@@ -172,6 +178,7 @@ private:
     std::vector<bool> held_;
     std::deque<pool::Message> queue_;
     std::size_t most_held_ = 0;
+    bool ended_ = false; ///< END has arrived: nothing may follow it
 };
 
 int run(const Options& options) {
@@ -207,7 +214,7 @@ int run(const Options& options) {
         say.say("mmap(NULL, %" PRIu64 ", PROT_READ, MAP_SHARED, fd=%d, 0) = %p: the whole pool, mapped once", size,
                 memory.get(), base);
         memory.reset();
-        const PoolShape shape = validate_pool(base, size, writer_pid, say);
+        const PoolShape shape = validate_pool(base, size, say);
         const std::uint8_t* slots = static_cast<const std::uint8_t*>(base) + pool::kSlotsOffset;
 
         HeldSlots held(shape);
