@@ -125,31 +125,6 @@ bool semaphore_set_exists(int semid) {
 
 } // namespace
 
-TEST_CASE("01: a message arrives exactly, and the taught calls are narrated", "[01]") {
-    LeakCheck leaks;
-    Chapter01 chapter;
-    leaks.watch_path(chapter.key);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"hello", "shared memory"}));
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.out == "hello\nshared memory\n");
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-        CHECK(writer.out.empty()); // stdout is for data only
-        CHECK(contains_text(writer.err, "writer: semget(key=0x"));
-        CHECK(contains_text(writer.err, "IPC_CREAT|IPC_EXCL|0600) = "));
-        CHECK(contains_text(writer.err, "writer: shmctl(shmid="));
-        CHECK(contains_text(writer.err, "IPC_RMID) = 0: marked for removal"));
-        CHECK(contains_text(reader.err, "reader: shmat(shmid="));
-        CHECK(contains_text(reader.err, "SHM_RDONLY"));
-    }
-    require_nothing_left(leaks, chapter);
-}
-
 TEST_CASE("01: a writer killed with SIGKILL mid-stream is reported dead, and the reader cleans up", "[01]") {
     LeakCheck leaks;
     Chapter01 chapter;

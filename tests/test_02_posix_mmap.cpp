@@ -156,31 +156,6 @@ TEST_CASE("02: step 1, the notes quote the bare pair whole, exactly as it is in 
     }
 }
 
-TEST_CASE("02: a message arrives exactly, and the taught calls are narrated", "[02]") {
-    LeakCheck leaks;
-    Chapter02 chapter;
-    leaks.watch_shm_name(chapter.name);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"hello", "shared memory"}));
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.out == "hello\nshared memory\n");
-        CHECK(reader.exit_code() == 0);
-        CHECK(writer.exit_code() == 0);
-        CHECK(writer.out.empty());
-        CHECK_THAT(writer.err, contains("writer: shm_open(\"" + chapter.name + "\", O_RDWR|O_CREAT|O_EXCL, 0600) = "));
-        CHECK_THAT(writer.err, contains("writer: ftruncate(fd="));
-        CHECK_THAT(writer.err, contains("PROT_READ|PROT_WRITE, MAP_SHARED"));
-        CHECK_THAT(writer.err, contains("writer: shm_unlink(\"" + chapter.name + "\") = 0: the name is gone"));
-        CHECK_THAT(reader.err, contains("reader: fstat(fd="));
-        CHECK_THAT(reader.err, contains("claimed"));
-    }
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("02: with --file, a regular file carries the same data and is removed", "[02]") {
     LeakCheck leaks;
     TempDir dir;

@@ -188,31 +188,6 @@ bool stop_reader_before_check(Process& reader, int listener, int memory, UniqueF
 
 } // namespace
 
-TEST_CASE("04: a message arrives exactly, and the descriptor's journey is narrated", "[04]") {
-    LeakCheck leaks;
-    Chapter04 chapter;
-    leaks.watch_path(chapter.name);
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"hello", "descriptor"}));
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.out == "hello\ndescriptor\n");
-        CHECK(writer.exit_code() == 0);
-        CHECK(reader.exit_code() == 0);
-        CHECK_THAT(writer.err, contains("SO_PEERCRED): pid="));
-        CHECK_THAT(writer.err, contains("HELLO from pid"));
-        CHECK_THAT(writer.err, contains("MEMORY + SCM_RIGHTS"));
-        CHECK_THAT(reader.err, contains("send(fd=3, HELLO) = 16"));
-        CHECK_THAT(reader.err, contains("1 descriptor (SCM_RIGHTS), no MSG_CTRUNC"));
-        CHECK_THAT(reader.err, contains("-> /memfd:shm-tutorial-04 (deleted)"));
-    }
-    CHECK(chapter.dir.entries().empty()); // the socket file is gone
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("04: an abstract socket name works and leaves no file", "[04]") {
     LeakCheck leaks;
     const std::string name = "@" + unique_name("shmtut-test");

@@ -283,31 +283,6 @@ TEST_CASE("06: the notes quote the bare pair exactly as it is in the files", "[0
     }
 }
 
-TEST_CASE("06: a message arrives exactly, and the pool's hand-over is narrated", "[06]") {
-    LeakCheck leaks;
-    Chapter06 chapter;
-    {
-        ProcessGroup group;
-        Process& writer = group.start("writer", chapter.writer("10", {"hello", "pool"}));
-        Process& reader = group.start("reader", chapter.reader("10"));
-        group.wait(writer);
-        group.wait(reader);
-        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
-        CHECK(reader.out == "hello\npool\n");
-        CHECK(writer.out.empty());
-        CHECK(writer.exit_code() == 0);
-        CHECK(reader.exit_code() == 0);
-        CHECK_THAT(writer.err, contains("8 slots of 65536 bytes"));
-        CHECK_THAT(writer.err, contains("HELLO + SCM_RIGHTS"));
-        CHECK_THAT(writer.err, contains("send(FILLED slot=0 length=11)"));
-        CHECK_THAT(reader.err, contains("-> /memfd:shm-tutorial-06-pool (deleted)"));
-        CHECK_THAT(reader.err, contains("write(stdout) from the slot itself; send(RETURNED slot=0)"));
-        CHECK_THAT(writer.err, contains("recv(DONE): the reader returned every slot"));
-    }
-    CHECK(chapter.dir.entries().empty());
-    check_nothing_left(leaks);
-}
-
 TEST_CASE("06: 4 MiB of random bytes arrive identical through 2 slots, with a reader slower than the writer",
           "[06]") {
     LeakCheck leaks;

@@ -59,6 +59,10 @@ struct Chapter {
     void (*corrupt_header)(const Place& place, const Process& writer, void (*change)(shmtut::SharedHeader&));
     /// Why the chapter cannot run here (empty: it can): a missing device, for example.
     std::string (*unavailable)();
+    /// Phrases of the taught calls that the writer and the reader narrate on standard error
+    /// while a message travels: the lesson seen happening (checked by message_arrives()).
+    std::vector<std::string> writer_narrates = {};
+    std::vector<std::string> reader_narrates = {};
 };
 
 std::vector<std::string> writer_command(const Chapter& chapter, const Place& place, const std::string& timeout,
@@ -179,7 +183,10 @@ const Chapter kSysv = {
     .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
     .second_reader = "has already claimed this writer's segment", .stale = "remove them with 'ipcrm -M 0x",
-    .corrupt_header = corrupt_sysv, .unavailable = always_available};
+    .corrupt_header = corrupt_sysv, .unavailable = always_available,
+    .writer_narrates = {"writer: semget(key=0x", "IPC_CREAT|IPC_EXCL|0600) = ", "writer: shmctl(shmid=",
+                        "IPC_RMID) = 0: marked for removal"},
+    .reader_narrates = {"reader: shmat(shmid=", "SHM_RDONLY"}};
 // Chapter 02's writer removes the name once a reader has claimed the object (open, then unlink),
 // so a second reader finds no name at all.
 const Chapter kPosix = {
@@ -187,7 +194,10 @@ const Chapter kPosix = {
     .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
     .second_reader = "No such file or directory", .stale = "remove it with 'rm /dev/shm/",
-    .corrupt_header = corrupt_posix, .unavailable = always_available};
+    .corrupt_header = corrupt_posix, .unavailable = always_available,
+    .writer_narrates = {", O_RDWR|O_CREAT|O_EXCL, 0600) = ", "writer: ftruncate(fd=",
+                        "PROT_READ|PROT_WRITE, MAP_SHARED", "\") = 0: the name is gone"},
+    .reader_narrates = {"reader: fstat(fd=", "claimed"}};
 // Chapter 03's memfd has no name: the reader uses the pid and descriptor the writer prints.
 const Chapter kMemfd = {
     .folder = "03-memfd", .make_place = no_place, .reader_for = printed_reader,
@@ -200,7 +210,10 @@ const Chapter kFdPassing = {
     .writer_waits = "waiting up to", .no_writer = "is the writer running?",
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
     .second_reader = "already", .stale = "remove it with: rm ",
-    .corrupt_header = corrupt_memfd, .unavailable = always_available};
+    .corrupt_header = corrupt_memfd, .unavailable = always_available,
+    .writer_narrates = {"SO_PEERCRED): pid=", "HELLO from pid", "MEMORY + SCM_RIGHTS"},
+    .reader_narrates = {"send(fd=3, HELLO) = 16", "1 descriptor (SCM_RIGHTS), no MSG_CTRUNC",
+                        "-> /memfd:shm-tutorial-04 (deleted)"}};
 // Chapter 05's dma-buf cannot be opened again through /proc/PID/fd: no corrupted-header case.
 const Chapter kDmaBuf = {
     .folder = "05-dma-buf", .make_place = socket_place, .reader_for = named_reader,
@@ -215,7 +228,11 @@ const Chapter kZeroCopy = {
     .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
     .writer_died = "died before the end of the stream", .reader_died = "the reader died",
     .second_reader = "another reader is already being served", .stale = "remove it with: rm ",
-    .corrupt_header = corrupt_memfd, .unavailable = always_available};
+    .corrupt_header = corrupt_memfd, .unavailable = always_available,
+    .writer_narrates = {"8 slots of 65536 bytes", "HELLO + SCM_RIGHTS", "send(FILLED slot=0 length=",
+                        "recv(DONE): the reader returned every slot"},
+    .reader_narrates = {"-> /memfd:shm-tutorial-06-pool (deleted)",
+                        "write(stdout) from the slot itself; send(RETURNED slot=0)"}};
 
 /// What every case ends with: nothing the case named is left, and its private folder is empty.
 void check_place_empty(const LeakCheck& leaks, const Place& place) {
@@ -261,6 +278,10 @@ void message_arrives(const Chapter& chapter) {
         CHECK(pair.writer->out.empty()); // standard output is for data only
         CHECK_THAT(pair.writer->err, contains("writer: "));
         CHECK_THAT(pair.reader->err, contains("reader: "));
+        for (const std::string& phrase : chapter.writer_narrates)
+            CHECK_THAT(pair.writer->err, contains(phrase));
+        for (const std::string& phrase : chapter.reader_narrates)
+            CHECK_THAT(pair.reader->err, contains(phrase));
     }
     check_place_empty(leaks, place);
 }
