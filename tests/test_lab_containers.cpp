@@ -13,6 +13,10 @@ using namespace testsupport;
 TEST_CASE("lab containers: which technique crosses which namespace", "[lab][containers]") {
     if (::geteuid() != 0)
         SKIP_TEST("not root: the script creates IPC, mount, pid and network namespaces (unshare)");
+    // The script starts the chapters' programs itself, through unshare: under qemu-user without a
+    // binfmt_misc handler the kernel cannot run a target program started that way.
+    if (auto why = emulator_cannot_exec(); !why.empty())
+        SKIP_TEST(why);
     LeakCheck leaks;
     ProcessGroup group;
     Process& script = group.start("crossings", {SHMTUT_SOURCE_DIR "/labs/containers/crossings", SHMTUT_BUILD_DIR});
