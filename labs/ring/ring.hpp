@@ -74,6 +74,28 @@ constexpr Offsets offsets_of(Layout layout) {
 inline constexpr std::size_t kSleepingOffset = 512;  ///< the consumer's futex word
 inline constexpr std::size_t kConfirmedOffset = 640; ///< set by the consumer after the end record
 
+inline constexpr std::size_t kCacheLine = 64; ///< x86-64 and most arm64 cores
+/// The cache line of a byte of the control block. The mapping starts on a page, so offset / 64
+/// is the line in the hardware too.
+constexpr std::size_t line_of(std::size_t offset) { return offset / kCacheLine; }
+/// True when the 8-byte words at `a` and `b` lie whole on one cache line.
+constexpr bool one_line(std::size_t a, std::size_t b) {
+    return line_of(a) == line_of(a + 7) && line_of(b) == line_of(b + 7) && line_of(a) == line_of(b);
+}
+/// True when the 8-byte words at `a` < `b` are at least two lines apart: a store to one does not
+/// touch the other's line, nor its 128-byte pair (the adjacent-line prefetcher fetches pairs).
+constexpr bool lines_apart(std::size_t a, std::size_t b) { return line_of(b) >= line_of(a + 7) + 2; }
+// What the two layouts promise, checked by the compiler: the false-sharing variant really has
+// tail, head_cache and head on one 64-byte line, and the default really keeps them apart; both
+// keep them off the descriptor (line 0) and the futex and confirmation words.
+inline constexpr Offsets kApart = offsets_of(Layout::kSeparateLines);
+inline constexpr Offsets kTogether = offsets_of(Layout::kOneLine);
+static_assert(lines_apart(0, kApart.tail) && lines_apart(kApart.tail, kApart.head_cache) &&
+              lines_apart(kApart.head_cache, kApart.head) && lines_apart(kApart.head, kSleepingOffset));
+static_assert(one_line(kTogether.tail, kTogether.head_cache) && one_line(kTogether.tail, kTogether.head));
+static_assert(lines_apart(0, kTogether.tail) && lines_apart(kTogether.head, kSleepingOffset));
+static_assert(lines_apart(kSleepingOffset, kConfirmedOffset) && kConfirmedOffset + 8 <= kControlSize);
+
 /// Line 0 of the control block, written once by the producer; `magic` last, with release.
 struct Descriptor {
     std::uint32_t magic;       ///< kMagic once ready (atomic access)
