@@ -308,6 +308,40 @@ TEST_CASE("lab ring: ring_bench runs both layouts and memcpy (figures not assert
     CHECK_THAT(bench.out, contains("memcpy in one process"));
 }
 
+TEST_CASE("lab ring: ring_bench --pairs moves every record intact through both layouts (figures not asserted)",
+          "[lab][ring]") {
+    // The consumer compares every byte of every record and exits 1 on the first difference, so
+    // exit status 0 says the bytes arrived; the table only has to name both layouts and the ratio.
+    // Streaming with the default records, then one record at a time through the smallest ring
+    // with 1-byte payloads (record i carries i mod 256).
+    std::vector<std::string> extra = GENERATE(std::vector<std::string>{"--messages", "5000"},
+                                              std::vector<std::string>{"--ping-pong", "--messages", "2000", "--payload", "1",
+                                                                       "--capacity", "1024"});
+    std::vector<std::string> argv = {binary("labs/ring/ring_bench"), "--pairs", "3"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    ProcessGroup group;
+    Process& bench = group.start("ring_bench", argv);
+    group.wait(bench);
+    INFO("stdout:\n" << bench.out << "stderr:\n" << bench.err);
+    CHECK(bench.exit_code() == 0);
+    CHECK_THAT(bench.err, contains("3 pairs of runs of"));
+    CHECK_THAT(bench.out, contains("tail/head on separate lines"));
+    CHECK_THAT(bench.out, contains("tail/head on one line"));
+    CHECK_THAT(bench.out, contains("one line / separate lines, all pairs                 3 pairs: median"));
+}
+
+TEST_CASE("lab ring: ring_bench checks payloads shorter than a sequence number", "[lab][ring]") {
+    // Record i carries the low bytes of i: with a 1-byte payload, records 256 and on carry
+    // i mod 256, and the consumer must expect that, not i.
+    ProcessGroup group;
+    Process& bench = group.start("ring_bench", {binary("labs/ring/ring_bench"), "--payload", "1", "--messages", "1000",
+                                                "--runs", "1", "--quiet"});
+    group.wait(bench);
+    INFO("stderr:\n" << bench.err);
+    CHECK(bench.exit_code() == 0);
+    CHECK_THAT(bench.out, contains("ring, tail/head cache/head on one line"));
+}
+
 TEST_CASE("lab ring: usage errors exit 2", "[lab][ring]") {
     const std::string writer = binary("labs/ring/writer");
     const std::string reader = binary("labs/ring/reader");
@@ -316,5 +350,7 @@ TEST_CASE("lab ring: usage errors exit 2", "[lab][ring]") {
                         {writer, "--name", "no-slash"},
                         {reader, "--spin", "-1"},
                         {reader, "extra-operand"},
-                        {binary("labs/ring/ring_bench"), "--payload", "0"}});
+                        {binary("labs/ring/ring_bench"), "--payload", "0"},
+                        {binary("labs/ring/ring_bench"), "--ping-pong"},
+                        {binary("labs/ring/ring_bench"), "--pairs", "0"}});
 }
