@@ -370,14 +370,20 @@ void print_layout_row(const char* name, const std::vector<RunResult>& results, s
         per_read.push_back(static_cast<double>(messages) / static_cast<double>(std::max<std::uint64_t>(r.report.reads, 1)));
         empty.push_back(static_cast<double>(r.report.empty_polls) / static_cast<double>(messages));
     }
-    std::printf("%-24s %8.1f %7.1f %7.1f %6zu/%-4zu %8.1f %11.1f %12.2f\n", name, quantile(all, 0.5), quantile(all, 0.25),
-                quantile(all, 0.75), clean.size(), all.size(), clean.empty() ? 0.0 : quantile(clean, 0.5),
-                quantile(per_read, 0.5), quantile(empty, 0.5));
+    char clean_median[32] = "-"; // no unpreempted run: nothing to show
+    if (!clean.empty())
+        std::snprintf(clean_median, sizeof clean_median, "%.1f", quantile(clean, 0.5));
+    std::printf("%-24s %8.1f %7.1f %7.1f %6zu/%-4zu %8s %11.1f %12.2f\n", name, quantile(all, 0.5), quantile(all, 0.25),
+                quantile(all, 0.75), clean.size(), all.size(), clean_median, quantile(per_read, 0.5), quantile(empty, 0.5));
 }
 
 /// The time of one line over the time of separate lines, pair by pair: median, quartiles, and
 /// in how many pairs the one-line run was the slower.
 void print_ratio_row(const char* which, const std::vector<double>& ratios) {
+    if (ratios.empty()) {
+        std::printf("one line / separate lines, %-21s     0 pairs\n", which);
+        return;
+    }
     const auto slower = std::count_if(ratios.begin(), ratios.end(), [](double r) { return r > 1; });
     std::printf("one line / separate lines, %-21s %5zu pairs: median %.2f (p25 %.2f, p75 %.2f); one line slower in %td\n",
                 which, ratios.size(), quantile(ratios, 0.5), quantile(ratios, 0.25), quantile(ratios, 0.75), slower);
