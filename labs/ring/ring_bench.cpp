@@ -253,8 +253,8 @@ void print_row(const char* name, const std::vector<double>& ns_per_message, cons
 // mode makes many short runs with one consumer that stays on its CPU, alternates the layouts
 // (AB BA AB BA ...: a change of load hits both alike), and records for each run what does not
 // depend on the clock: whether either side was preempted, how many records the consumer took
-// per read (each read is one load and one store of head, so one trip of the shared line in the
-// one-line layout), and how often it found nothing new.
+// per read (each read loads and stores head: in the one-line layout the shared line crosses at
+// least twice per read, whatever the number of records), and how often it found nothing new.
 
 constexpr int kLayouts = 2; ///< index 0: separate lines, 1: one line
 
@@ -266,7 +266,7 @@ struct alignas(64) RunReport {
     std::uint64_t empty_polls; ///< reads that found nothing new, after the first record
     std::uint64_t reads;       ///< reads that found one record or more
     std::uint64_t preempted;   ///< the consumer's involuntary context switches during the run
-    std::uint64_t ok;          ///< 1: every record arrived, in order
+    std::uint64_t ok;          ///< 1: every record arrived, in order and intact
 };
 static_assert(sizeof(RunReport) == 64);
 
@@ -281,7 +281,7 @@ struct RunResult {
 /// counter and the reports.
 struct PairArea {
     ring::Ring* rings[kLayouts];
-    std::uint64_t* done;               ///< the consumer stores run + 1 here after each run
+    std::uint64_t* done;   ///< the consumer stores run + 1 here after each run
     RunReport* reports;
 };
 
