@@ -79,13 +79,16 @@ check: ## the same tests built with AddressSanitizer and UBSan into build/check
 test-binaries: $(BINARIES) $(TEST_RUNNER)
 	@:
 
-docs: ## build the documentation site into build/docs/html (warnings and garbled pages are errors)
-	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site; Python checks it" \
-		doxygen graphviz python3
+# The site is checked as a reader sees it: scripts/check-site renders every page in headless
+# Chromium (Noto CJK draws the Chinese pages; cmark-gfm says how GitHub renders the same notes).
+docs: ## build the documentation site into build/docs/html and check every page in a browser (garbled pages, broken links)
+	@scripts/ensure-packages "Doxygen and Graphviz build the documentation site; Python, headless Chromium, the Noto CJK fonts and cmark-gfm check it" \
+		doxygen graphviz python3 chromium fonts-noto-cjk fontconfig cmark-gfm
 	@scripts/check-translations .
+	@rm -rf $(BUILD)/docs/html # a page left from an earlier build is not part of this site
 	@mkdir -p $(BUILD)/docs
 	(cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs") | doxygen -
-	@scripts/check-docs $(BUILD)/docs/html .
+	@scripts/check-site $(BUILD)/docs/html .
 
 clean: ## remove build/
 	rm -rf $(BUILD)

@@ -122,11 +122,15 @@ public:
     void add_to(std::vector<pollfd>& entries) const;
 
 private:
+    // Not on the site: Doxygen 1.9.4 would link a "Classes" section for this private struct and
+    // not write it.
+    /// \cond
     struct Caller {
         UniqueFd socket;
         pid_t pid;
         std::vector<char> request; ///< the bytes received so far
     };
+    /// \endcond
     const Narrator& say_;
     std::size_t request_size_;
     std::function<std::string(const std::vector<char>&)> check_;

@@ -82,8 +82,8 @@ UniqueFd open_pidfd(pid_t pid);
 /// may be put in a poll() set to wake on the process's death.
 bool is_pollable_pidfd(const UniqueFd& handle);
 
-/// How the handle was opened, for narration: "pidfd_open(1234) = 5", or
-/// "open(\"/proc/1234\", O_DIRECTORY) = 5 (pidfd_open: ENOSYS, a kernel before 5.3)".
+/// How the handle was opened, for narration: `pidfd_open(1234) = 5`, or
+/// `open("/proc/1234", O_DIRECTORY) = 5 (pidfd_open: ENOSYS, a kernel before 5.3)`.
 std::string process_handle_text(pid_t pid, const UniqueFd& handle);
 
 /// True once the process behind `handle` (from open_pidfd()) has terminated (a pidfd polls
