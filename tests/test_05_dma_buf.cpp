@@ -95,6 +95,32 @@ TEST_CASE("05: a message and 1 MiB of random bytes arrive intact through a dma-b
     check_nothing_left(leaks);
 }
 
+TEST_CASE("05: the reader refuses a memfd by its file system type, before any ioctl on it", "[05]") {
+    // Chapter 04's writer speaks the same protocol and hands over a memfd: the reader must see
+    // from fstatfs that it is not a dma-buf, and say so, rather than try DMA_BUF_IOCTL_SYNC on it.
+    if (!usable("/dev/dma_heap/system") && !usable("/dev/udmabuf"))
+        SKIP_TEST("no usable /dev/dma_heap/system or /dev/udmabuf here, so the reader exits 77 before it connects; "
+                  "make exercise-05 runs this case in chapter 05's virtual machine");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::vector<std::string> name = {"--name", dir.file("sock")};
+    leaks.watch_path(dir.file("sock"));
+    {
+        ProcessGroup group(std::chrono::seconds(30));
+        Process& writer = group.start("04 writer", command("04-fd-passing/writer", name, "10", {"--quiet", "not a dma-buf"}));
+        Process& reader = group.start("05 reader", command("05-dma-buf/reader", name, "10"));
+        group.wait(reader);
+        group.wait(writer); // it sees its reader go and cleans up
+        INFO("reader: " << reader.err << "writer: " << writer.err);
+        CHECK(reader.exit_code() == 1);
+        CHECK_THAT(reader.err, contains("is not a dma-buf (its file system type is 0x1021994, not DMA_BUF_MAGIC"));
+        CHECK(reader.err.find("DMA_BUF_IOCTL_SYNC") == std::string::npos);
+        CHECK(reader.out.empty());
+    }
+    CHECK(dir.entries().empty());
+    check_nothing_left(leaks);
+}
+
 TEST_CASE("05: usage errors exit 2 with a pointer to --help", "[05]") {
     const std::string w = binary("05-dma-buf/writer");
     const std::string r = binary("05-dma-buf/reader");
