@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 
+#include "../labs/ring/bench_stats.hpp"
 #include "../labs/ring/ring.hpp"
 #include "catch.hpp"
 #include "support.hpp"
@@ -328,6 +329,47 @@ TEST_CASE("lab ring: ring_bench --pairs moves every record intact through both l
     CHECK_THAT(bench.out, contains("tail/head on separate lines"));
     CHECK_THAT(bench.out, contains("tail/head on one line"));
     CHECK_THAT(bench.out, contains("one line / separate lines, all pairs                 3 pairs: median"));
+}
+
+TEST_CASE("lab ring: ring_bench --pairs prints its layout rows under their headings", "[lab][ring]") {
+    // Each figure of a layout row ends where its heading ends (right-aligned columns), whatever
+    // the layout's name: a name wider than its column shifts the rest of that row.
+    ProcessGroup group;
+    Process& bench = group.start("ring_bench", {binary("labs/ring/ring_bench"), "--pairs", "2", "--messages", "500", "--quiet"});
+    group.wait(bench);
+    INFO("stdout:\n" << bench.out << "stderr:\n" << bench.err);
+    REQUIRE(bench.exit_code() == 0);
+    std::vector<std::string> lines;
+    std::istringstream in(bench.out);
+    for (std::string line; std::getline(in, line);)
+        lines.push_back(line);
+    REQUIRE(lines.size() >= 4);
+    const std::string& heading = lines[0];
+    REQUIRE(heading.rfind("layout (ns per message)", 0) == 0);
+    for (const std::string& row : {lines[2], lines[3]}) {
+        INFO("row: " << row);
+        CHECK(row.rfind("tail/head on ", 0) == 0);
+        for (const char* column : {"median", "p25", "p75"}) {
+            INFO("column " << column);
+            const std::size_t end = heading.find(column) + std::strlen(column);
+            REQUIRE(end <= row.size());
+            CHECK(row[end - 1] != ' ');
+            CHECK((end == row.size() || row[end] == ' '));
+        }
+    }
+}
+
+TEST_CASE("lab ring: ring_bench's median and quartiles interpolate between ranks", "[lab][ring]") {
+    // An even count has no middle value: the median is the mean of the two middle ones (with the
+    // upper one the median of two runs would be the slower run, and equal to p75).
+    CHECK(ring::quantile({4, 1, 3, 2}, 0.5) == Approx(2.5));
+    CHECK(ring::quantile({1.0, 1.5}, 0.5) == Approx(1.25));
+    CHECK(ring::quantile({1, 2, 3, 4, 5}, 0.5) == Approx(3));
+    CHECK(ring::quantile({1, 2, 3, 4, 5}, 0.25) == Approx(2));
+    CHECK(ring::quantile({1, 2, 3, 4}, 0.25) == Approx(1.75));
+    CHECK(ring::quantile({1, 2, 3, 4}, 0.75) == Approx(3.25));
+    CHECK(ring::quantile({7}, 0.75) == Approx(7));
+    CHECK(ring::quantile({}, 0.5) == 0);
 }
 
 TEST_CASE("lab ring: ring_bench checks payloads shorter than a sequence number", "[lab][ring]") {
