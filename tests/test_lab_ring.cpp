@@ -1,6 +1,7 @@
 /// @file tests/test_lab_ring.cpp
 /// @brief Lab ring: the ring's rules in one process (records in order, padding at the wrap, a
 ///        full ring refuses, a read frees room), then the writer and reader as two processes.
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
@@ -332,8 +333,9 @@ TEST_CASE("lab ring: ring_bench --pairs moves every record intact through both l
 }
 
 TEST_CASE("lab ring: ring_bench --pairs prints its layout rows under their headings", "[lab][ring]") {
-    // Each figure of a layout row ends where its heading ends (right-aligned columns), whatever
-    // the layout's name: a name wider than its column shifts the rest of that row.
+    // The name column ends where the first heading, right-aligned in 8 characters after a space,
+    // begins: every layout's name must fit in it, or the rest of its row stands right of its
+    // headings. (The figures are not checked: a run preempted for long can widen one.)
     ProcessGroup group;
     Process& bench = group.start("ring_bench", {binary("labs/ring/ring_bench"), "--pairs", "2", "--messages", "500", "--quiet"});
     group.wait(bench);
@@ -346,16 +348,16 @@ TEST_CASE("lab ring: ring_bench --pairs prints its layout rows under their headi
     REQUIRE(lines.size() >= 4);
     const std::string& heading = lines[0];
     REQUIRE(heading.rfind("layout (ns per message)", 0) == 0);
-    for (const std::string& row : {lines[2], lines[3]}) {
-        INFO("row: " << row);
-        CHECK(row.rfind("tail/head on ", 0) == 0);
-        for (const char* column : {"median", "p25", "p75"}) {
-            INFO("column " << column);
-            const std::size_t end = heading.find(column) + std::strlen(column);
-            REQUIRE(end <= row.size());
-            CHECK(row[end - 1] != ' ');
-            CHECK((end == row.size() || row[end] == ' '));
-        }
+    const std::size_t median_end = heading.find("median") + std::strlen("median");
+    REQUIRE(median_end > 9);
+    const std::size_t name_width = median_end - 9;
+    for (const char* name : {"tail/head on separate lines", "tail/head on one line"}) {
+        const auto row = std::find_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.rfind(name, 0) == 0; });
+        REQUIRE(row != lines.end());
+        INFO("row: " << *row << "\nname column: " << name_width << " characters");
+        CHECK(std::strlen(name) <= name_width);
+        REQUIRE(row->size() > name_width);
+        CHECK((*row)[name_width] == ' ');
     }
 }
 
