@@ -44,6 +44,7 @@
 #include "narrate.hpp"
 #include "options.hpp"
 #include "owners.hpp"
+#include "bench_stats.hpp"
 #include "ring.hpp"
 
 using namespace shmtut;
@@ -233,10 +234,10 @@ double run_memcpy(const Settings& settings) {
            static_cast<double>(settings.messages);
 }
 
-double median(std::vector<double> values) {
-    std::sort(values.begin(), values.end());
-    return values[values.size() / 2];
-}
+using ring::quantile;
+
+/// The median of the runs (of an even count: the mean of the two middle ones).
+double median(const std::vector<double>& values) { return quantile(values, 0.5); }
 
 void print_row(const char* name, const std::vector<double>& ns_per_message, const Settings& settings) {
     const double typical = median(ns_per_message);
@@ -265,7 +266,7 @@ int layout_of_run(std::uint64_t t) { return static_cast<int>((t ^ (t >> 1)) & 1)
 struct alignas(64) RunReport {
     std::uint64_t empty_polls; ///< reads that found nothing new, after the first record
     std::uint64_t reads;       ///< reads that found one record or more
-    std::uint64_t preempted;   ///< the consumer's involuntary context switches during the run
+    std::uint64_t preempted;   ///< the consumer's involuntary context switches since its last report
     std::uint64_t ok;          ///< 1: every record arrived, in order and intact
 };
 static_assert(sizeof(RunReport) == 64);
@@ -281,7 +282,8 @@ struct RunResult {
 /// counter and the reports.
 struct PairArea {
     ring::Ring* rings[kLayouts];
-    std::uint64_t* done;   ///< the consumer stores run + 1 here after each run
+    std::uint64_t* done;     ///< the consumer stores run + 1 here at the end record (the clock stops)
+    std::uint64_t* reported; ///< and here, run + 1, once the run's report is complete
     RunReport* reports;
 };
 
@@ -294,9 +296,14 @@ long involuntary_switches() {
 /// The consumer of the --pairs mode: for each run, reads its ring until the end record,
 /// checking every byte of every record, and reports.
 [[noreturn]] void consume_runs(PairArea& area, std::uint64_t runs, const Settings& settings) {
+    // The consumer's count of involuntary switches is read once between runs, after `done` is
+    // stored, and the producer does not start the next run before `reported`: each run's window
+    // is then the whole stretch from the previous reading to this one, which contains all of the
+    // producer's timed interval. A reading taken before the store of `done` would leave a gap in
+    // which a preemption delays the producer's clock and is counted in no run.
+    long switches = involuntary_switches();
     for (std::uint64_t t = 0; t < runs; ++t) {
         ring::Ring& ring = *area.rings[layout_of_run(t)];
-        const long switches_before = involuntary_switches();
         PayloadCheck check(settings.payload);
         std::uint64_t empty_polls = 0, reads = 0;
         bool end = false;
@@ -312,10 +319,12 @@ long involuntary_switches() {
             else if (check.count() > 0) // before the first record we wait for the producer to start
                 ++empty_polls;
         }
-        area.reports[t] = RunReport{empty_polls, reads,
-                                    static_cast<std::uint64_t>(involuntary_switches() - switches_before),
-                                    check.all_right(settings.messages) ? 1u : 0u};
         std::atomic_ref<std::uint64_t>(*area.done).store(t + 1, std::memory_order_release);
+        const long now = involuntary_switches();
+        area.reports[t] = RunReport{empty_polls, reads, static_cast<std::uint64_t>(now - switches),
+                                    check.all_right(settings.messages) ? 1u : 0u};
+        switches = now;
+        std::atomic_ref<std::uint64_t>(*area.reported).store(t + 1, std::memory_order_release);
     }
     ::_exit(0);
 }
@@ -344,21 +353,15 @@ RunResult produce_run(PairArea& area, std::uint64_t t, const Settings& settings,
         check_consumer(consumer, spins);
     const auto elapsed = std::chrono::steady_clock::now() - start;
     const bool producer_preempted = involuntary_switches() != switches_before;
+    std::atomic_ref<std::uint64_t> reported(*area.reported);
+    while (reported.load(std::memory_order_acquire) != t + 1) // the report, outside the clock
+        check_consumer(consumer, spins);
     const RunReport report = area.reports[t];
     if (report.ok != 1)
         throw Failure("run " + std::to_string(t + 1) + ": the consumer saw a record missing, out of order or altered");
     return {static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()) /
                 static_cast<double>(settings.messages),
             producer_preempted || report.preempted != 0, report};
-}
-
-/// The value at fraction `q` of the sorted values (nearest rank); 0 for none.
-double quantile(std::vector<double> values, double q) {
-    if (values.empty())
-        return 0;
-    std::sort(values.begin(), values.end());
-    const auto at = static_cast<std::size_t>(q * static_cast<double>(values.size() - 1) + 0.5);
-    return values[at];
 }
 
 void print_layout_row(const char* name, const std::vector<RunResult>& results, std::uint64_t messages) {
@@ -373,7 +376,7 @@ void print_layout_row(const char* name, const std::vector<RunResult>& results, s
     char clean_median[32] = "-"; // no unpreempted run: nothing to show
     if (!clean.empty())
         std::snprintf(clean_median, sizeof clean_median, "%.1f", quantile(clean, 0.5));
-    std::printf("%-24s %8.1f %7.1f %7.1f %6zu/%-4zu %8s %11.1f %12.2f\n", name, quantile(all, 0.5), quantile(all, 0.25),
+    std::printf("%-27s %8.1f %7.1f %7.1f %6zu/%-4zu %8s %11.1f %12.2f\n", name, quantile(all, 0.5), quantile(all, 0.25),
                 quantile(all, 0.75), clean.size(), all.size(), clean_median, quantile(per_read, 0.5), quantile(empty, 0.5));
 }
 
@@ -405,6 +408,7 @@ int run_pairs(const Settings& settings, const Narrator& say, bool two_cpus) {
     ring::Ring one_line(bytes + ring_size, settings.capacity, ring::Layout::kOneLine);
     PairArea area{{&separate, &one_line},
                   reinterpret_cast<std::uint64_t*>(bytes + kLayouts * ring_size),
+                  reinterpret_cast<std::uint64_t*>(bytes + kLayouts * ring_size + sizeof(std::uint64_t)),
                   reinterpret_cast<RunReport*>(bytes + kLayouts * ring_size + sizeof(RunReport))};
     say.say("%u pairs of runs of %llu messages of %u bytes (%s), ring of %llu bytes, the layouts alternating AB BA AB ... after a warm-up pair; %s",
             settings.pairs, static_cast<unsigned long long>(settings.messages), settings.payload,
@@ -437,12 +441,12 @@ int run_pairs(const Settings& settings, const Narrator& say, bool two_cpus) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         throw Failure("the consumer failed (wait status " + std::to_string(status) + ")");
 
-    std::printf("%-24s %8s %7s %7s %11s %8s %11s %12s\n", "layout (ns per message)", "median", "p25", "p75", "unpreempted",
+    std::printf("%-27s %8s %7s %7s %11s %8s %11s %12s\n", "layout (ns per message)", "median", "p25", "p75", "unpreempted",
                 "median", "records per", "empty polls");
-    std::printf("%-24s %8s %7s %7s %11s %8s %11s %12s\n", "", "", "", "", "runs", "of those", "read", "per record");
+    std::printf("%-27s %8s %7s %7s %11s %8s %11s %12s\n", "", "", "", "", "runs", "of those", "read", "per record");
     print_layout_row("tail/head on separate lines", results[0], settings.messages);
     print_layout_row("tail/head on one line", results[1], settings.messages);
-    // Pair p is the p-th run of each layout: runs 2p and 2p + 1, back to back.
+    // Pair p is the p-th run of each layout: runs 2p + 2 and 2p + 3 (after the warm-up pair), back to back.
     std::vector<double> ratios, clean_ratios;
     for (unsigned p = 0; p < settings.pairs; ++p) {
         const RunResult& a = results[0][p];
