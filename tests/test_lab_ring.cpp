@@ -362,37 +362,6 @@ TEST_CASE("lab ring: ring_bench --pairs prints its layout rows under their headi
     }
 }
 
-TEST_CASE("lab ring: ring_bench --pairs keeps the consumer's bookkeeping out of the timed runs", "[lab][ring]") {
-    // Every getrusage(2) is held 400 ms (strace, delay_exit). The producer makes its two outside
-    // its clock; the consumer must make its one per run after the run ends for the producer (the
-    // store of done), so that no stall of the consumer between runs, a preemption included, falls
-    // unseen into a run. If the consumer counted before done, each run would take 400 ms or more,
-    // 800000 ns a message for 500 messages; without it a run is a matter of microseconds.
-    const std::string strace = "/usr/bin/strace";
-    if (::access(strace.c_str(), X_OK) != 0)
-        SKIP_TEST("strace is not installed");
-    // LeakSanitizer cannot run under ptrace (make check): this one run goes without it; the
-    // other cases check ring_bench for leaks.
-    const char* asan = std::getenv("ASAN_OPTIONS");
-    const std::string asan_options = std::string("ASAN_OPTIONS=") + (asan != nullptr ? std::string(asan) + ":" : "") + "detect_leaks=0";
-    ProcessGroup group;
-    Process& bench = group.start("strace", {"/usr/bin/env", asan_options, strace, "-f", "-qq", "--seccomp-bpf", "-o", "/dev/null", "-e", "trace=getrusage",
-                                            "-e", "inject=getrusage:delay_exit=400000", binary("labs/ring/ring_bench"),
-                                            "--pairs", "1", "--messages", "500", "--quiet"});
-    group.wait(bench);
-    INFO("stdout:\n" << bench.out << "stderr:\n" << bench.err);
-    REQUIRE(bench.exit_code() == 0);
-    for (const char* name : {"tail/head on separate lines", "tail/head on one line"}) {
-        const std::size_t at = bench.out.find(std::string("\n") + name);
-        REQUIRE(at != std::string::npos);
-        std::istringstream row(bench.out.substr(at + 1 + std::strlen(name)));
-        double median_ns = 0;
-        REQUIRE(row >> median_ns);
-        INFO(name << ": " << median_ns << " ns per message");
-        CHECK(median_ns < 400000); // half of the stall: far above any run this short
-    }
-}
-
 TEST_CASE("lab ring: ring_bench's median and quartiles interpolate between ranks", "[lab][ring]") {
     // An even count has no middle value: the median is the mean of the two middle ones (with the
     // upper one the median of two runs would be the slower run, and equal to p75).
