@@ -1384,7 +1384,7 @@ void draw_plots() {
         script += common + "set output '" + dir + "/latency.png'\n"
                   "set title '64-byte round trip between two processes (median; spinning waits left)'\n"
                   "set ylabel 'nanoseconds, logarithmic'\nset logscale y\nset style fill solid 0.6\n"
-                  "set boxwidth 0.6\nset yrange [1:*]\nset xtics rotate by -30\n"
+                  "set boxwidth 0.6\nset yrange [1:*]\nset xtics rotate by -30\nset rmargin 7\n" // room for the last label
                   "plot '" + dir + "/latency.csv' every ::1 using 0:2:xtic(1) with boxes notitle\n";
         drawn.push_back("latency.png");
     } else {
@@ -1407,9 +1407,11 @@ void draw_plots() {
     if (csv_rows(dir + "/handle.csv") > 0) {
         const std::vector<std::uint64_t>& sizes = g_settings.message_sizes;
         script += common + "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message (median)'\n"
-                  "set logscale xy\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'message size'\n"
-                  "set ylabel 'microseconds, logarithmic'\nset style textbox opaque noborder\n" +
-                  size_tics(sizes);
+                  "set logscale xy\nset xlabel 'message size'\nset ylabel 'microseconds, logarithmic'\n"
+                  "set style textbox opaque noborder\n" +
+                  // The sizes and a little room each side (autoscaled, the axis began a decade early).
+                  "set xrange [" + std::to_string(sizes.front() * 2 / 3) + ":" + std::to_string(sizes.back() * 3 / 2) +
+                  "]\n" + size_tics(sizes);
         // A crossover's label reads away from its line, into the half of the plot with more room,
         // on an opaque box so that neither the grid nor a data line runs through its words.
         auto mark = [&](const std::optional<std::uint64_t>& size, const std::string& text, double height) {
@@ -1418,7 +1420,7 @@ void draw_plots() {
             const double along = std::log(static_cast<double>(*size) / static_cast<double>(sizes.front())) /
                                  std::log(static_cast<double>(sizes.back()) / static_cast<double>(sizes.front()));
             const std::string at = std::to_string(*size);
-            script += "set arrow from " + at + ", graph 0 to " + at + ", graph 1 nohead dashtype 2\nset label '" +
+            script += "set arrow from " + at + ", graph 0 to " + at + ", graph 1 nohead dashtype 2 linecolor rgb 'gray40'\nset label '" +
                       text + " from " + size_text(*size) + "' at " + at + ", graph " + std::to_string(height) +
                       (along <= 0.5 ? " left offset 1,0" : " right offset -1,0") + " boxed front\n";
         };
