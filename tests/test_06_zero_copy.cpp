@@ -611,8 +611,9 @@ TEST_CASE("06 bench --filter: progress counts only the selected runs, and no tab
     // Two latency cases (so the ratio spinning mailbox / ping-pong lacks one input) and copying
     // at the three --tiny message sizes (so no crossover has its challenger): 5 cases, 5 runs each.
     ProcessGroup group(std::chrono::seconds(300));
-    Process& run = group.start("bench", {bench, "--tiny", "--no-plots", "--filter", "^latency/(ping-pong|futex)/|^handle/copy",
-                                         "--out", out.path(), "--build", binary("")});
+    Process& run = group.start("bench", {bench, "--tiny", "--no-plots", "--filter",
+                                         "^latency/(ping-pong|futex)/|^handle/copy", "--out", out.path(), "--build",
+                                         binary("")});
     group.wait(run);
     INFO("bench stdout:\n" << run.out << "\nbench stderr:\n" << run.err);
     REQUIRE(run.exit_code() == 0);
@@ -637,11 +638,13 @@ TEST_CASE("06 bench --filter: progress counts only the selected runs, and no tab
     CHECK_THAT(run.out, !contains("Throughput"));
     CHECK_THAT(run.out, !contains("pool (index only)"));
     CHECK(run.out.find("nan") == std::string::npos);
-    std::ifstream results(out.file("results.md"));
-    std::string page((std::istreambuf_iterator<char>(results)), std::istreambuf_iterator<char>());
-    CHECK_THAT(page, contains("| ping-pong |"));
-    CHECK_THAT(page, !contains("spinning mailbox"));
-    CHECK(page.find("nan") == std::string::npos);
+    {
+        std::ifstream results(out.file("results.md"));
+        std::string page((std::istreambuf_iterator<char>(results)), std::istreambuf_iterator<char>());
+        CHECK_THAT(page, contains("| ping-pong |"));
+        CHECK_THAT(page, !contains("spinning mailbox"));
+        CHECK(page.find("nan") == std::string::npos);
+    }
     for (const char* csv : {"latency.csv", "throughput.csv", "pairs.csv", "handle.csv", "crossover.csv", "ratios.csv"}) {
         std::ifstream file(out.file(csv));
         std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
