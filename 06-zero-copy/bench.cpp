@@ -1350,6 +1350,23 @@ int csv_rows(const std::string& path) {
     return std::max(rows, 0);
 }
 
+/// The sizes (the second field) in the rows of a CSV file the benchmark wrote, ascending, each
+/// once: the x axis then spans what was measured (with --filter or --replot, not every size).
+std::vector<std::uint64_t> csv_sizes(const std::string& path) {
+    std::ifstream file(path);
+    std::vector<std::uint64_t> sizes;
+    std::string line;
+    std::getline(file, line); // the header
+    while (std::getline(file, line)) {
+        const std::size_t comma = line.find(',', line.rfind('"') == std::string::npos ? 0 : line.rfind('"'));
+        if (comma != std::string::npos)
+            sizes.push_back(std::strtoull(line.c_str() + comma + 1, nullptr, 10));
+    }
+    std::sort(sizes.begin(), sizes.end());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+    return sizes;
+}
+
 /// Draws the three plots with gnuplot, if it is installed: each from its CSV file, and only
 /// where that file has a row (with --filter a group may not have run: its plot is removed, not
 /// left over from an earlier run beside this run's tables).
@@ -1395,7 +1412,7 @@ void draw_plots() {
         script += common + "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size (median)'\n"
                   "set logscale x 2\nset logscale y\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'block size'\n"
                   "set ylabel 'GB/s, logarithmic'\n" +
-                  size_tics(g_settings.blocks) + "plot for [m in '";
+                  size_tics(csv_sizes(dir + "/throughput.csv")) + "plot for [m in '";
         for (const std::string& method : kThroughputMethods)
             script += "\"" + method + "\" ";
         script += "'] '" + dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
@@ -1405,7 +1422,7 @@ void draw_plots() {
     }
     // By handle against by copy, with each crossover marked where there is one.
     if (csv_rows(dir + "/handle.csv") > 0) {
-        const std::vector<std::uint64_t>& sizes = g_settings.message_sizes;
+        const std::vector<std::uint64_t> sizes = csv_sizes(dir + "/handle.csv");
         script += common + "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message (median)'\n"
                   "set logscale xy\nset xlabel 'message size'\nset ylabel 'microseconds, logarithmic'\n"
                   "set style textbox opaque noborder\n" +
@@ -1417,8 +1434,9 @@ void draw_plots() {
         auto mark = [&](const std::optional<std::uint64_t>& size, const std::string& text, double height) {
             if (!size || *size == 0)
                 return;
-            const double along = std::log(static_cast<double>(*size) / static_cast<double>(sizes.front())) /
-                                 std::log(static_cast<double>(sizes.back()) / static_cast<double>(sizes.front()));
+            const double along = sizes.size() < 2 ? 0 :
+                                 std::log(static_cast<double>(*size) / static_cast<double>(sizes.front())) /
+                                     std::log(static_cast<double>(sizes.back()) / static_cast<double>(sizes.front()));
             const std::string at = std::to_string(*size);
             script += "set arrow from " + at + ", graph 0 to " + at + ", graph 1 nohead dashtype 2 linecolor rgb 'gray40'\nset label '" +
                       text + " from " + size_text(*size) + "' at " + at + ", graph " + std::to_string(height) +
