@@ -1,7 +1,8 @@
 /// @file 06-zero-copy/bench.cpp
 /// @brief `make bench`: every technique side by side, in one run, on this machine.
 ///
-/// Usage: `bench [--quick | --tiny] [--out DIR] [--no-plots]`
+/// Usage: `bench [--quick | --tiny] [--out DIR] [--build DIR] [--no-plots] [--filter RE]`, or
+/// `bench --replot [--out DIR]` to draw the plots again from the CSV files of a run.
 ///
 /// Three questions, each measured between two processes (a peer forked once per run):
 /// - **Latency**: a 64-byte round trip over cache-line ping-pong (the floor), a spinning
@@ -38,6 +39,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -998,7 +1000,7 @@ struct Ratio {
 };
 
 std::vector<Ratio> g_ratios;
-std::uint64_t g_memfd_wins = 0, g_pool_wins = 0;
+std::optional<std::uint64_t> g_memfd_wins, g_pool_wins; ///< see crossover()
 std::string g_load_before, g_load_after, g_started;
 
 /// The 1, 5 and 15-minute load averages: how busy the machine was around the run.
@@ -1020,59 +1022,145 @@ std::string miss_text(const Ratio& ratio) {
     return text;
 }
 
+/// The runs of a case, or nullptr when it did not run (--filter left it out).
+const Sample* ran(const std::string& group, const std::string& method, std::uint64_t size = 0) {
+    auto found = g_samples.find(name_of(group, method, size));
+    return found == g_samples.end() ? nullptr : &found->second;
+}
+
+/// The rows and columns of a table of `methods` by `sizes`: those of which at least one case
+/// ran. A full run shows them all; with --filter, what was left out is not a row of nan.
+struct Grid {
+    std::vector<std::string> methods;
+    std::vector<std::uint64_t> sizes;
+};
+Grid grid_that_ran(const std::string& group, const std::vector<std::string>& methods,
+                   const std::vector<std::uint64_t>& sizes) {
+    Grid grid;
+    for (const std::string& method : methods)
+        if (std::any_of(sizes.begin(), sizes.end(), [&](std::uint64_t size) { return ran(group, method, size); }))
+            grid.methods.push_back(method);
+    for (std::uint64_t size : sizes)
+        if (std::any_of(methods.begin(), methods.end(), [&](const std::string& m) { return ran(group, m, size); }))
+            grid.sizes.push_back(size);
+    return grid;
+}
+
+/// The smallest message size at which `challenger` beat copying through a socket; 0 when it beat
+/// it at no size; nothing when no size had both cases run (--filter left one out).
+std::optional<std::uint64_t> crossover(const std::string& challenger) {
+    std::optional<std::uint64_t> wins;
+    for (std::uint64_t size : g_settings.message_sizes) {
+        if (!ran("handle", challenger, size) || !ran("handle", "copy through a socket", size))
+            continue;
+        if (median_of("handle", challenger, size) < median_of("handle", "copy through a socket", size))
+            return size;
+        wins = 0;
+    }
+    return wins;
+}
+
+/// The crossover sentence, for the challengers that were compared ("" when none was).
+std::string crossover_text(const std::string& pool_words) {
+    std::string text;
+    auto clause = [&](const std::optional<std::uint64_t>& wins, const std::string& who) {
+        if (!wins)
+            return;
+        text += (text.empty() ? "" : "; ") + who + " beats copying " +
+                (*wins != 0 ? "from " + size_text(*wins) : std::string("at no size measured"));
+    };
+    clause(g_memfd_wins, "a fresh memfd per message");
+    clause(g_pool_wins, pool_words);
+    return text;
+}
+
 /// The same results as a Markdown page (build/bench/results.md), ready to paste into the notes.
 void write_markdown() {
     std::ofstream md(g_settings.out_dir + "/results.md");
     char line[512];
     md << "Measured with `make bench" << (g_settings.mode == "quick" ? " QUICK=1" : "") << "` on " << g_started
        << ": " << machine_text() << ". Load average (1, 5, 15 min) " << g_load_before << " before the run, "
-       << g_load_after << " after it. Medians of " << g_settings.repetitions << " interleaved runs.\n\n";
-    md << "| 64-byte round trip | median |\n|---|---:|\n";
-    for (const std::string& mechanism : kLatencyMechanisms) {
-        std::snprintf(line, sizeof line, "| %s | %.0f ns |\n", mechanism.c_str(), median_of("latency", mechanism));
-        md << line;
-    }
-    md << "\n| throughput, GB/s |";
-    for (std::uint64_t block : g_settings.blocks)
-        md << ' ' << size_text(block) << " blocks |";
-    md << "\n|---|";
-    for (std::size_t i = 0; i < g_settings.blocks.size(); ++i)
-        md << "---:|";
-    md << '\n';
-    for (const std::string& method : kThroughputMethods) {
-        md << "| " << method << " |";
-        for (std::uint64_t block : g_settings.blocks) {
-            std::snprintf(line, sizeof line, " %.2f |", median_of("throughput", method, block));
+       << g_load_after << " after it. Medians of " << g_settings.repetitions << " interleaved runs.";
+    if (!g_settings.filter.empty())
+        md << " Only the cases that match `--filter " << g_settings.filter << "`.";
+    md << "\n\n";
+    const Grid latency = grid_that_ran("latency", kLatencyMechanisms, {0});
+    if (!latency.methods.empty()) {
+        md << "| 64-byte round trip | median |\n|---|---:|\n";
+        for (const std::string& mechanism : latency.methods) {
+            std::snprintf(line, sizeof line, "| %s | %.0f ns |\n", mechanism.c_str(), median_of("latency", mechanism));
             md << line;
         }
         md << '\n';
     }
-    md << "\n| pair as shipped, 64 KiB blocks | GB/s |\n|---|---:|\n";
+    const Grid throughput = grid_that_ran("throughput", kThroughputMethods, g_settings.blocks);
+    if (!throughput.methods.empty()) {
+        md << "| throughput, GB/s |";
+        for (std::uint64_t block : throughput.sizes)
+            md << ' ' << size_text(block) << " blocks |";
+        md << "\n|---|";
+        for (std::size_t i = 0; i < throughput.sizes.size(); ++i)
+            md << "---:|";
+        md << '\n';
+        for (const std::string& method : throughput.methods) {
+            md << "| " << method << " |";
+            for (std::uint64_t block : throughput.sizes) {
+                if (ran("throughput", method, block))
+                    std::snprintf(line, sizeof line, " %.2f |", median_of("throughput", method, block));
+                else
+                    std::snprintf(line, sizeof line, " not measured |");
+                md << line;
+            }
+            md << '\n';
+        }
+        md << '\n';
+    }
+    bool pairs_header = false;
     for (const PairCommand& pair : pair_commands("")) {
-        const Sample& sample = g_samples[name_of("pairs", pair.label, 0)];
-        if (sample.value.empty())
+        const Sample* sample = ran("pairs", pair.label);
+        if (sample == nullptr)
+            continue;
+        if (!pairs_header)
+            md << "| pair as shipped, 64 KiB blocks | GB/s |\n|---|---:|\n";
+        pairs_header = true;
+        if (sample->value.empty())
             std::snprintf(line, sizeof line, "| %s | skipped: this machine lacks what it needs |\n", pair.label.c_str());
         else
-            std::snprintf(line, sizeof line, "| %s | %.2f |\n", pair.label.c_str(), median(sample.value));
+            std::snprintf(line, sizeof line, "| %s | %.2f |\n", pair.label.c_str(), median(sample->value));
         md << line;
     }
-    md << "\n| message | copy through a socket | fresh memfd per message | pool, index only | pool, reader reads every byte |\n"
-          "|---|---:|---:|---:|---:|\n";
-    for (std::uint64_t size : g_settings.message_sizes) {
-        md << "| " << size_text(size) << " |";
-        for (const std::string& method : kHandleMethods) {
-            const Sample& sample = g_samples[name_of("handle", method, size)];
-            std::snprintf(line, sizeof line, " %.1f us (%.0f faults, %.1f TLB) |", median(sample.value),
-                          median(sample.faults), median(sample.tlb));
-            md << line;
+    if (pairs_header)
+        md << '\n';
+    const Grid handle = grid_that_ran("handle", kHandleMethods, g_settings.message_sizes);
+    if (!handle.methods.empty()) {
+        md << "| message |";
+        for (const std::string& method : handle.methods) // "pool, index only": no parentheses in a heading
+            md << ' ' << (method.rfind("pool (", 0) == 0 ? "pool, " + method.substr(6, method.size() - 7) : method)
+               << " |";
+        md << "\n|---|";
+        for (std::size_t i = 0; i < handle.methods.size(); ++i)
+            md << "---:|";
+        md << '\n';
+        for (std::uint64_t size : handle.sizes) {
+            md << "| " << size_text(size) << " |";
+            for (const std::string& method : handle.methods) {
+                const Sample* sample = ran("handle", method, size);
+                if (sample != nullptr)
+                    std::snprintf(line, sizeof line, " %.1f us (%.0f faults, %.1f TLB) |", median(sample->value),
+                                  median(sample->faults), median(sample->tlb));
+                else
+                    std::snprintf(line, sizeof line, " not measured |");
+                md << line;
+            }
+            md << '\n';
         }
         md << '\n';
     }
-    md << "\nCrossover: a fresh memfd per message beats copying "
-       << (g_memfd_wins != 0 ? "from " + size_text(g_memfd_wins) : std::string("at no size measured"))
-       << "; the pool, reading every byte, beats copying "
-       << (g_pool_wins != 0 ? "from " + size_text(g_pool_wins) : std::string("at no size measured")) << ".\n\n";
-    md << "| ratio | measured | target | |\n|---|---:|---|---|\n";
+    const std::string crossing = crossover_text("the pool, reading every byte,");
+    if (!crossing.empty())
+        md << "Crossover: " << crossing << ".\n\n";
+    if (!g_ratios.empty())
+        md << "| ratio | measured | target | |\n|---|---:|---|---|\n";
     for (const Ratio& ratio : g_ratios) {
         std::snprintf(line, sizeof line, "| %s | %.2f | %s | %s |\n", ratio.name.c_str(), ratio.value,
                       ratio.target.c_str(), miss_text(ratio).c_str());
@@ -1080,20 +1168,26 @@ void write_markdown() {
     }
 }
 
+/// Prints the tables and the ratios and writes the CSV files: only the cases that ran.
 int write_outputs() {
     const std::string& dir = g_settings.out_dir;
     std::printf("bench (%s mode): %s\n", g_settings.mode.c_str(), machine_text().c_str());
     std::printf("medians of %d runs each, interleaved; load average %s before, %s after; CSV, plots and "
-                "results.md in %s/\n\n",
+                "results.md in %s/\n",
                 g_settings.repetitions, g_load_before.c_str(), g_load_after.c_str(), dir.c_str());
+    if (!g_settings.filter.empty())
+        std::printf("only the cases that match --filter %s\n", g_settings.filter.c_str());
 
     // Latency.
     std::ofstream latency(dir + "/latency.csv");
     latency << "mechanism,round_trip_ns,runs\n";
-    std::printf("Latency: 64-byte round trip between two processes\n");
-    std::printf("  %-22s %14s\n", "mechanism", "round trip");
-    for (const std::string& mechanism : kLatencyMechanisms) {
-        const Sample& sample = g_samples[name_of("latency", mechanism, 0)];
+    const Grid latency_grid = grid_that_ran("latency", kLatencyMechanisms, {0});
+    if (!latency_grid.methods.empty()) {
+        std::printf("\nLatency: 64-byte round trip between two processes\n");
+        std::printf("  %-22s %14s\n", "mechanism", "round trip");
+    }
+    for (const std::string& mechanism : latency_grid.methods) {
+        const Sample& sample = *ran("latency", mechanism);
         double value = median(sample.value);
         std::printf("  %-22s %11.0f ns\n", mechanism.c_str(), value);
         latency << '"' << mechanism << "\"," << value << ',' << sample.value.size() << '\n';
@@ -1102,116 +1196,142 @@ int write_outputs() {
     // Throughput.
     std::ofstream throughput(dir + "/throughput.csv");
     throughput << "method,block_bytes,gb_per_s,runs\n";
-    std::printf("\nThroughput: %s through each, GB/s (10^9 bytes per second)\n",
-                size_text(g_settings.throughput_bytes).c_str());
-    std::printf("  %-22s", "method");
-    for (std::uint64_t block : g_settings.blocks)
-        std::printf(" %10s", size_text(block).c_str());
-    std::printf("\n");
-    for (const std::string& method : kThroughputMethods) {
+    const Grid throughput_grid = grid_that_ran("throughput", kThroughputMethods, g_settings.blocks);
+    bool holes = false;
+    if (!throughput_grid.methods.empty()) {
+        std::printf("\nThroughput: %s through each, GB/s (10^9 bytes per second)\n",
+                    size_text(g_settings.throughput_bytes).c_str());
+        std::printf("  %-22s", "method");
+        for (std::uint64_t block : throughput_grid.sizes)
+            std::printf(" %10s", size_text(block).c_str());
+        std::printf("\n");
+    }
+    for (const std::string& method : throughput_grid.methods) {
         std::printf("  %-22s", method.c_str());
-        for (std::uint64_t block : g_settings.blocks) {
-            const Sample& sample = g_samples[name_of("throughput", method, block)];
-            double value = median(sample.value);
+        for (std::uint64_t block : throughput_grid.sizes) {
+            const Sample* sample = ran("throughput", method, block);
+            if (sample == nullptr) {
+                std::printf(" %10s", "-");
+                holes = true;
+                continue;
+            }
+            double value = median(sample->value);
             std::printf(" %10.2f", value);
-            throughput << '"' << method << "\"," << block << ',' << value << ',' << sample.value.size() << '\n';
+            throughput << '"' << method << "\"," << block << ',' << value << ',' << sample->value.size() << '\n';
         }
         std::printf("\n");
     }
     std::ofstream pairs(dir + "/pairs.csv");
     pairs << "pair,block_bytes,gb_per_s,runs\n";
-    std::printf("\nEach chapter's pair as shipped, %s at 64 KiB blocks (stdin -> pair -> /dev/null), GB/s\n",
-                size_text(g_settings.pair_bytes).c_str());
     std::vector<std::string> skipped_pairs;
+    bool pairs_header = false;
     for (const PairCommand& pair : pair_commands("")) {
-        const Sample& sample = g_samples[name_of("pairs", pair.label, 0)];
-        if (!sample.skipped.empty() && sample.value.empty()) {
-            std::printf("  %-22s %10s  (%s)\n", pair.label.c_str(), "skipped", sample.skipped.c_str());
+        const Sample* sample = ran("pairs", pair.label);
+        if (sample == nullptr)
+            continue;
+        if (!pairs_header)
+            std::printf("\nEach chapter's pair as shipped, %s at 64 KiB blocks (stdin -> pair -> /dev/null), GB/s\n",
+                        size_text(g_settings.pair_bytes).c_str());
+        pairs_header = true;
+        if (!sample->skipped.empty() && sample->value.empty()) {
+            std::printf("  %-22s %10s  (%s)\n", pair.label.c_str(), "skipped", sample->skipped.c_str());
             skipped_pairs.push_back(pair.label);
             continue;
         }
-        double value = median(sample.value);
+        double value = median(sample->value);
         std::printf("  %-22s %10.2f\n", pair.label.c_str(), value);
-        pairs << '"' << pair.label << "\",65536," << value << ',' << sample.value.size() << '\n';
+        pairs << '"' << pair.label << "\",65536," << value << ',' << sample->value.size() << '\n';
     }
 
     // By handle against by copy.
     std::ofstream handle(dir + "/handle.csv");
     handle << "method,message_bytes,us_per_message,faults_per_message,tlb_shootdowns_per_message,runs\n";
-    std::printf("\nBy handle against by copy: one message and its acknowledgement, microseconds\n");
-    std::printf("  (page faults per message, both processes; TLB shootdowns per message, machine-wide)\n");
-    std::printf("  %-10s", "size");
-    for (const std::string& method : kHandleMethods)
-        std::printf(" %32s", method.c_str());
-    std::printf("\n");
-    for (std::uint64_t size : g_settings.message_sizes) {
+    const Grid handle_grid = grid_that_ran("handle", kHandleMethods, g_settings.message_sizes);
+    if (!handle_grid.methods.empty()) {
+        std::printf("\nBy handle against by copy: one message and its acknowledgement, microseconds\n");
+        std::printf("  (page faults per message, both processes; TLB shootdowns per message, machine-wide)\n");
+        std::printf("  %-10s", "size");
+        for (const std::string& method : handle_grid.methods)
+            std::printf(" %32s", method.c_str());
+        std::printf("\n");
+    }
+    for (std::uint64_t size : handle_grid.sizes) {
         std::printf("  %-10s", size_text(size).c_str());
-        for (const std::string& method : kHandleMethods) {
-            const Sample& sample = g_samples[name_of("handle", method, size)];
-            double value = median(sample.value), faults = median(sample.faults), tlb = median(sample.tlb);
+        for (const std::string& method : handle_grid.methods) {
+            const Sample* sample = ran("handle", method, size);
+            if (sample == nullptr) {
+                std::printf(" %32s", "-");
+                holes = true;
+                continue;
+            }
             char cell[64];
-            std::snprintf(cell, sizeof cell, "%.1f (%.0f f, %.1f tlb)", value, faults, tlb);
+            std::snprintf(cell, sizeof cell, "%.1f (%.0f f, %.1f tlb)", median(sample->value), median(sample->faults),
+                          median(sample->tlb));
             std::printf(" %32s", cell);
         }
         std::printf("\n");
     }
-    for (const std::string& method : kHandleMethods) // one method's sizes together: one line in a plot
-        for (std::uint64_t size : g_settings.message_sizes) {
-            const Sample& sample = g_samples[name_of("handle", method, size)];
-            handle << '"' << method << "\"," << size << ',' << median(sample.value) << ',' << median(sample.faults)
-                   << ',' << median(sample.tlb) << ',' << sample.value.size() << '\n';
+    for (const std::string& method : handle_grid.methods) // one method's sizes together: one line in a plot
+        for (std::uint64_t size : handle_grid.sizes) {
+            const Sample* sample = ran("handle", method, size);
+            if (sample == nullptr)
+                continue;
+            handle << '"' << method << "\"," << size << ',' << median(sample->value) << ',' << median(sample->faults)
+                   << ',' << median(sample->tlb) << ',' << sample->value.size() << '\n';
         }
+    if (holes)
+        std::printf("  (-: not measured, --filter left the case out)\n");
 
-    // Crossover sizes.
-    auto crossover = [&](const std::string& challenger) -> std::uint64_t {
-        for (std::uint64_t size : g_settings.message_sizes)
-            if (median_of("handle", challenger, size) < median_of("handle", "copy through a socket", size))
-                return size;
-        return 0;
-    };
-    std::uint64_t memfd_wins = g_memfd_wins = crossover("fresh memfd per message");
-    std::uint64_t pool_wins = g_pool_wins = crossover("pool (reader reads every byte)");
-    std::printf("\nCrossover: a fresh memfd per message beats copying %s; the pool (reading every byte) beats "
-                "copying %s\n",
-                memfd_wins != 0 ? ("from " + size_text(memfd_wins)).c_str() : "at no size measured",
-                pool_wins != 0 ? ("from " + size_text(pool_wins)).c_str() : "at no size measured");
+    // Crossover sizes, for each challenger compared with copying at one size at least.
+    g_memfd_wins = crossover("fresh memfd per message");
+    g_pool_wins = crossover("pool (reader reads every byte)");
+    const std::string crossing = crossover_text("the pool (reading every byte)");
+    if (!crossing.empty())
+        std::printf("\nCrossover: %s\n", crossing.c_str());
     std::ofstream cross(dir + "/crossover.csv");
     cross << "challenger,wins_from_bytes\n";
-    cross << "\"fresh memfd per message\"," << memfd_wins << "\n\"pool (reader reads every byte)\"," << pool_wins << '\n';
+    if (g_memfd_wins)
+        cross << "\"fresh memfd per message\"," << *g_memfd_wins << '\n';
+    if (g_pool_wins)
+        cross << "\"pool (reader reads every byte)\"," << *g_pool_wins << '\n';
 
-    // Ratios issue 12 asks this machine class to show.
+    // Ratios issue 12 asks this machine class to show: each only where both of its cases ran.
     const std::uint64_t largest = g_settings.message_sizes.back();
     std::vector<Ratio>& ratios = g_ratios;
-    auto add = [&](const std::string& name, double value, const std::string& target, bool met) {
-        ratios.push_back({name, value, target, met});
+    auto add = [&](const std::string& name, double numerator, double denominator, const std::string& target) {
+        if (!std::isfinite(numerator) || !std::isfinite(denominator) || denominator == 0)
+            return;
+        const double r = numerator / denominator;
+        const double bound = std::strtod(target.c_str() + 3, nullptr);
+        ratios.push_back({name, r, target, target[0] == '<' ? r <= bound : r >= bound});
     };
-    double r;
-    r = median_of("latency", "spinning mailbox") / median_of("latency", "ping-pong");
-    add("spinning mailbox / ping-pong round trip", r, "<= 1.5", r <= 1.5);
-    r = median_of("latency", "futex") / median_of("latency", "pipe");
-    add("futex / pipe round trip", r, "<= 0.8", r <= 0.8);
-    r = median_of("throughput", "ring futex", 65536) / median_of("throughput", "memcpy", 1 << 20);
-    add("ring (futex) at 64 KiB / memcpy of 1 MiB", r, ">= 0.6", r >= 0.6);
-    r = median_of("throughput", "ring futex", 65536) / median_of("throughput", "pipe", 65536);
-    add("ring (futex) / pipe at 64 KiB", r, ">= 8", r >= 8);
-    r = median_of("handle", "pool (index only)", largest) / median_of("handle", "pool (index only)", 1 << 20);
-    add("pool hand-off of " + size_text(largest) + " / of 1 MiB", r, "<= 1.5", r <= 1.5);
-    r = median_of("handle", "copy through a socket", largest) / median_of("handle", "pool (index only)", largest);
-    add("copy / pool at " + size_text(largest), r, ">= 50", r >= 50);
-    r = median_of("handle", "pool (reader reads every byte)", largest) /
-        median_of("handle", "copy through a socket", largest);
-    add("pool reading every byte / copy at " + size_text(largest), r, "<= 0.3", r <= 0.3);
-    double cat = median_of("pairs", "cat piped to cat");
+    add("spinning mailbox / ping-pong round trip", median_of("latency", "spinning mailbox"),
+        median_of("latency", "ping-pong"), "<= 1.5");
+    add("futex / pipe round trip", median_of("latency", "futex"), median_of("latency", "pipe"), "<= 0.8");
+    add("ring (futex) at 64 KiB / memcpy of 1 MiB", median_of("throughput", "ring futex", 65536),
+        median_of("throughput", "memcpy", 1 << 20), ">= 0.6");
+    add("ring (futex) / pipe at 64 KiB", median_of("throughput", "ring futex", 65536),
+        median_of("throughput", "pipe", 65536), ">= 8");
+    add("pool hand-off of " + size_text(largest) + " / of 1 MiB", median_of("handle", "pool (index only)", largest),
+        median_of("handle", "pool (index only)", 1 << 20), "<= 1.5");
+    add("copy / pool at " + size_text(largest), median_of("handle", "copy through a socket", largest),
+        median_of("handle", "pool (index only)", largest), ">= 50");
+    add("pool reading every byte / copy at " + size_text(largest),
+        median_of("handle", "pool (reader reads every byte)", largest),
+        median_of("handle", "copy through a socket", largest), "<= 0.3");
     for (const PairCommand& pair : pair_commands("")) {
         if (pair.label == "cat piped to cat" ||
             std::find(skipped_pairs.begin(), skipped_pairs.end(), pair.label) != skipped_pairs.end())
             continue;
-        r = median_of("pairs", pair.label) / cat;
-        add(pair.label + " / cat piped to cat", r, ">= 1", r >= 1);
+        add(pair.label + " / cat piped to cat", median_of("pairs", pair.label), median_of("pairs", "cat piped to cat"),
+            ">= 1");
     }
     std::ofstream ratio_file(dir + "/ratios.csv");
     ratio_file << "ratio,value,target,met\n";
-    std::printf("\nRatios (issue 12's targets for this machine class)\n");
+    if (ratios.empty())
+        std::printf("\nRatios: not measured (each needs two cases, and --filter left out one of each pair)\n");
+    else
+        std::printf("\nRatios (issue 12's targets for this machine class)\n");
     for (const Ratio& ratio : ratios) {
         std::printf("  %-50s %8.2f  %-7s %s\n", ratio.name.c_str(), ratio.value, ratio.target.c_str(),
                     miss_text(ratio).c_str());
@@ -1221,7 +1341,35 @@ int write_outputs() {
     return 0;
 }
 
-/// Draws the three plots with gnuplot, if it is installed.
+/// The data rows of a CSV file the benchmark wrote (its header not counted); 0 when it is missing.
+int csv_rows(const std::string& path) {
+    std::ifstream file(path);
+    int rows = -1;
+    for (std::string line; std::getline(file, line);)
+        ++rows;
+    return std::max(rows, 0);
+}
+
+/// The sizes (the second field) in the rows of a CSV file the benchmark wrote, ascending, each
+/// once: the x axis then spans what was measured (with --filter or --replot, not every size).
+std::vector<std::uint64_t> csv_sizes(const std::string& path) {
+    std::ifstream file(path);
+    std::vector<std::uint64_t> sizes;
+    std::string line;
+    std::getline(file, line); // the header
+    while (std::getline(file, line)) {
+        const std::size_t comma = line.find(',', line.rfind('"') == std::string::npos ? 0 : line.rfind('"'));
+        if (comma != std::string::npos)
+            sizes.push_back(std::strtoull(line.c_str() + comma + 1, nullptr, 10));
+    }
+    std::sort(sizes.begin(), sizes.end());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+    return sizes;
+}
+
+/// Draws the three plots with gnuplot, if it is installed: each from its CSV file, and only
+/// where that file has a row (with --filter a group may not have run: its plot is removed, not
+/// left over from an earlier run beside this run's tables).
 void draw_plots() {
     const std::string& dir = g_settings.out_dir;
     if (!g_settings.plots)
@@ -1237,52 +1385,108 @@ void draw_plots() {
             tics += (tics.back() == '(' ? "\"" : ", \"") + size_text(size) + "\" " + std::to_string(size);
         return tics + ")\n";
     };
+    // The legend goes below the plot, in two columns: beside it, it took a third of the width and
+    // squeezed the size labels of the x axis into each other.
     const std::string common = "reset\nset terminal png size 1000,600 noenhanced\nset datafile separator ','\n"
-                               "set key outside\nset grid\n";
+                               "set key below center horizontal maxcols 2 width 2\nset grid\n";
+    std::string script;
+    std::vector<std::string> drawn;
+    auto skip = [&](const std::string& plot) {
+        ::unlink((dir + "/" + plot).c_str());
+        std::fprintf(stderr, "bench: no %s: none of its cases ran\n", plot.c_str());
+    };
     // Latency: bars on a logarithmic scale, so that the spinning waits (tens of nanoseconds)
     // show beside the sleeping ones (microseconds).
-    std::string script = common + "set output '" + dir + "/latency.png'\n"
-                         "set title '64-byte round trip between two processes (median; spinning waits left)'\n"
-                         "set ylabel 'nanoseconds, logarithmic'\nset logscale y\nset style fill solid 0.6\n"
-                         "set boxwidth 0.6\nset yrange [1:*]\nset xtics rotate by -30\n"
-                         "plot '" + dir + "/latency.csv' every ::1 using 0:2:xtic(1) with boxes notitle\n";
+    if (csv_rows(dir + "/latency.csv") > 0) {
+        script += common + "set output '" + dir + "/latency.png'\n"
+                  "set title '64-byte round trip between two processes (median; spinning waits left)'\n"
+                  "set ylabel 'nanoseconds, logarithmic'\nset logscale y\nset style fill solid 0.6\n"
+                  "set boxwidth 0.6\nset yrange [1:*]\nset xtics rotate by -30\nset rmargin 7\n" // room for the last label
+                  "plot '" + dir + "/latency.csv' every ::1 using 0:2:xtic(1) with boxes notitle\n";
+        drawn.push_back("latency.png");
+    } else {
+        skip("latency.png");
+    }
     // Throughput: one line per method (the CSV lists each method's blocks together).
-    script += common + "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size (median)'\n"
-              "set logscale x 2\nset logscale y\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'block size'\n"
-              "set ylabel 'GB/s, logarithmic'\n" +
-              size_tics(g_settings.blocks) + "plot for [m in '";
-    for (const std::string& method : kThroughputMethods)
-        script += "\"" + method + "\" ";
-    script += "'] '" + dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+    if (csv_rows(dir + "/throughput.csv") > 0) {
+        script += common + "set output '" + dir + "/throughput.png'\nset title 'Throughput against block size (median)'\n"
+                  "set logscale x 2\nset logscale y\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'block size'\n"
+                  "set ylabel 'GB/s, logarithmic'\n" +
+                  size_tics(csv_sizes(dir + "/throughput.csv")) + "plot for [m in '";
+        for (const std::string& method : kThroughputMethods)
+            script += "\"" + method + "\" ";
+        script += "'] '" + dir + "/throughput.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+        drawn.push_back("throughput.png");
+    } else {
+        skip("throughput.png");
+    }
     // By handle against by copy, with each crossover marked where there is one.
-    script += common + "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message (median)'\n"
-              "set logscale xy\nset offsets graph 0.05, graph 0.05, 0, 0\nset xlabel 'message size'\n"
-              "set ylabel 'microseconds, logarithmic'\n" +
-              size_tics(g_settings.message_sizes);
-    auto mark = [&](std::uint64_t size, const std::string& text, double height) {
-        if (size == 0)
-            return;
-        script += "set arrow from " + std::to_string(size) + ", graph 0 to " + std::to_string(size) +
-                  ", graph 1 nohead dashtype 2\nset label '" + text + " from " + size_text(size) + "' at " +
-                  std::to_string(size) + ", graph " + std::to_string(height) + " offset 1,0\n";
-    };
-    mark(g_memfd_wins, "a fresh memfd beats copying", 0.95);
-    mark(g_pool_wins, "the pool, reading every byte, beats copying", 0.88);
-    script += "plot for [m in '";
-    for (const std::string& method : kHandleMethods)
-        script += "\"" + method + "\" ";
-    script += "'] '" + dir + "/handle.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+    if (csv_rows(dir + "/handle.csv") > 0) {
+        const std::vector<std::uint64_t> sizes = csv_sizes(dir + "/handle.csv");
+        script += common + "set output '" + dir + "/handle.png'\nset title 'By handle against by copy, per message (median)'\n"
+                  "set logscale xy\nset xlabel 'message size'\nset ylabel 'microseconds, logarithmic'\n"
+                  "set style textbox opaque noborder\n" +
+                  // The sizes and a little room each side (autoscaled, the axis began a decade early).
+                  "set xrange [" + std::to_string(sizes.front() * 2 / 3) + ":" + std::to_string(sizes.back() * 3 / 2) +
+                  "]\n" + size_tics(sizes);
+        // A crossover's label reads away from its line, into the half of the plot with more room,
+        // on an opaque box so that neither the grid nor a data line runs through its words.
+        auto mark = [&](const std::optional<std::uint64_t>& size, const std::string& text, double height) {
+            if (!size || *size == 0)
+                return;
+            const double along = sizes.size() < 2 ? 0 :
+                                 std::log(static_cast<double>(*size) / static_cast<double>(sizes.front())) /
+                                     std::log(static_cast<double>(sizes.back()) / static_cast<double>(sizes.front()));
+            const std::string at = std::to_string(*size);
+            script += "set arrow from " + at + ", graph 0 to " + at + ", graph 1 nohead dashtype 2 linecolor rgb 'gray40'\nset label '" +
+                      text + " from " + size_text(*size) + "' at " + at + ", graph " + std::to_string(height) +
+                      (along <= 0.5 ? " left offset 1,0" : " right offset -1,0") + " boxed front\n";
+        };
+        mark(g_memfd_wins, "a fresh memfd beats copying", 0.95);
+        mark(g_pool_wins, "the pool, reading every byte, beats copying", 0.88);
+        script += "plot for [m in '";
+        for (const std::string& method : kHandleMethods)
+            script += "\"" + method + "\" ";
+        script += "'] '" + dir + "/handle.csv' using (stringcolumn(1) eq m ? $2 : 1/0):3 with linespoints title m\n";
+        drawn.push_back("handle.png");
+    } else {
+        skip("handle.png");
+    }
+    if (drawn.empty())
+        return;
     FILE* gnuplot = ::popen("gnuplot", "w");
     if (gnuplot == nullptr)
         fail("popen(gnuplot)");
     std::fputs(script.c_str(), gnuplot);
-    if (::pclose(gnuplot) != 0)
+    if (::pclose(gnuplot) != 0) {
         std::fprintf(stderr, "bench: gnuplot failed\n");
-    else
-        std::fprintf(stderr, "bench: plots: %s/latency.png, throughput.png, handle.png\n", dir.c_str());
+        return;
+    }
+    std::string names;
+    for (const std::string& plot : drawn)
+        names += (names.empty() ? "" : ", ") + plot;
+    std::fprintf(stderr, "bench: plots: %s/%s\n", dir.c_str(), names.c_str());
+}
+
+/// --replot: the crossovers of an earlier run, from its crossover.csv, for draw_plots.
+void read_crossovers() {
+    std::ifstream file(g_settings.out_dir + "/crossover.csv");
+    std::string line;
+    std::getline(file, line); // the header
+    while (std::getline(file, line)) {
+        const std::size_t comma = line.rfind(',');
+        if (comma == std::string::npos)
+            continue;
+        const std::uint64_t wins = std::strtoull(line.c_str() + comma + 1, nullptr, 10);
+        if (line.rfind("\"fresh memfd per message\"", 0) == 0)
+            g_memfd_wins = wins;
+        else if (line.rfind("\"pool (reader reads every byte)\"", 0) == 0)
+            g_pool_wins = wins;
+    }
 }
 
 const char* const kUsage = R"(Usage: bench [--quick | --tiny] [--out DIR] [--build DIR] [--no-plots] [--filter RE]
+       bench --replot [--out DIR]
 
 Measures every technique side by side between two processes: 64-byte round-trip latency,
 throughput at 4 KiB, 64 KiB and 1 MiB blocks (and each chapter's pair as shipped), and by
@@ -1297,10 +1501,24 @@ standard error.
   --no-plots   do not run gnuplot
   --filter RE  only the cases whose name matches the regular expression RE, for example
                'latency/' or 'throughput/ring' (the table then shows only those)
+  --replot     measure nothing: draw the plots again from the CSV files in DIR
 )";
+
+/// Hands the library its flags (benchmark::Initialize parses them into its own settings), with
+/// --benchmark_list_tests on or off.
+void initialize_library(std::vector<std::string> arguments, bool list) {
+    arguments.push_back(list ? "--benchmark_list_tests=true" : "--benchmark_list_tests=false");
+    std::vector<char*> bench_argv;
+    for (std::string& argument : arguments)
+        bench_argv.push_back(argument.data());
+    bench_argv.push_back(nullptr);
+    int bench_argc = static_cast<int>(arguments.size());
+    benchmark::Initialize(&bench_argc, bench_argv.data());
+}
 
 int run(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN); // a pipeline that ends early is an EPIPE, then its exit status
+    bool replot = false;
     for (int i = 1; i < argc; ++i) {
         std::string arg = argv[i];
         if (arg == "--quick" || arg == "--tiny")
@@ -1311,6 +1529,8 @@ int run(int argc, char** argv) {
             g_settings.build_dir = argv[++i];
         else if (arg == "--no-plots")
             g_settings.plots = false;
+        else if (arg == "--replot")
+            replot = true;
         else if (arg == "--filter" && i + 1 < argc)
             g_settings.filter = argv[++i];
         else if (arg == "--help") {
@@ -1334,6 +1554,11 @@ int run(int argc, char** argv) {
         s.pair_bytes = 1ull << 20;
         s.handle_budget = 1ull << 20;
         s.message_sizes = {4096, 65536, 1 << 20};
+    }
+    if (replot) {
+        read_crossovers();
+        draw_plots();
+        return 0;
     }
     if (::mkdir(s.out_dir.c_str(), 0755) == -1 && errno != EEXIST)
         fail("mkdir(" + s.out_dir + ")");
@@ -1371,16 +1596,27 @@ int run(int argc, char** argv) {
                                           "--benchmark_repetitions=" + std::to_string(s.repetitions)};
     if (!s.filter.empty())
         arguments.push_back("--benchmark_filter=" + s.filter);
-    std::vector<char*> bench_argv;
-    for (std::string& argument : arguments)
-        bench_argv.push_back(argument.data());
-    int bench_argc = static_cast<int>(bench_argv.size());
-    benchmark::Initialize(&bench_argc, bench_argv.data());
+    // How many cases --filter selects, asked of the library itself (its regular expressions, its
+    // full names): in --benchmark_list_tests mode RunSpecifiedBenchmarks runs nothing, prints the
+    // names (here into a string) and returns how many there are.
+    initialize_library(arguments, true);
+    std::ostringstream listed;
+    Collector lister;
+    lister.SetOutputStream(&listed);
+    lister.SetErrorStream(&listed);
+    const std::size_t selected = benchmark::RunSpecifiedBenchmarks(&lister);
+    if (selected == 0) {
+        std::fprintf(stderr, "bench: no case matches --filter '%s' (see bench --help)\n%s", s.filter.c_str(),
+                     listed.str().c_str());
+        ::rmdir(scratch.c_str());
+        return 2;
+    }
+    initialize_library(arguments, false);
 
-    std::fprintf(stderr, "bench: %zu cases x %d runs on %s; this takes %s\n", g_cases.size(), s.repetitions,
+    std::fprintf(stderr, "bench: %zu cases x %d runs on %s; this takes %s\n", selected, s.repetitions,
                  machine_text().c_str(),
                  s.mode == "full" ? "several minutes" : s.mode == "quick" ? "under a minute" : "seconds");
-    g_runs_total = static_cast<int>(g_cases.size()) * s.repetitions;
+    g_runs_total = static_cast<int>(selected) * s.repetitions;
     g_load_before = load_average();
     {
         std::time_t now = std::time(nullptr);

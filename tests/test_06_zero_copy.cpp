@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -595,6 +596,60 @@ TEST_CASE("06 bench smoke test: make bench writes well-formed CSV, positive figu
         file.read(magic, sizeof magic);
         INFO(plot);
         CHECK(std::string(magic, sizeof magic) == std::string("\x89PNG\r\n\x1a\n", 8));
+    }
+    check_nothing_left(leaks);
+}
+
+TEST_CASE("06 bench --filter: progress counts only the selected runs, and no table, crossover or ratio "
+          "shows a case that did not run",
+          "[06][bench]") {
+    const std::string bench = binary("06-zero-copy/bench");
+    if (::access(bench.c_str(), X_OK) != 0)
+        SKIP_TEST("the benchmark is not built: Debian's libbenchmark-dev is missing (make bench installs it)");
+    LeakCheck leaks;
+    TempDir out;
+    // Two latency cases (so the ratio spinning mailbox / ping-pong lacks one input) and copying
+    // at the three --tiny message sizes (so no crossover has its challenger): 5 cases, 5 runs each.
+    ProcessGroup group(std::chrono::seconds(300));
+    Process& run = group.start("bench", {bench, "--tiny", "--no-plots", "--filter",
+                                         "^latency/(ping-pong|futex)/|^handle/copy", "--out", out.path(), "--build",
+                                         binary("")});
+    group.wait(run);
+    INFO("bench stdout:\n" << run.out << "\nbench stderr:\n" << run.err);
+    REQUIRE(run.exit_code() == 0);
+    std::vector<std::string> progress; // "[n/m]" of each line "bench: [n/m] what"
+    {
+        std::istringstream lines(run.err);
+        for (std::string line; std::getline(lines, line);)
+            if (line.rfind("bench: [", 0) == 0)
+                progress.push_back(line.substr(7, line.find(']') - 6));
+    }
+    std::vector<std::string> expected;
+    for (int i = 1; i <= 25; ++i)
+        expected.push_back("[" + std::to_string(i) + "/25]");
+    CHECK(progress == expected);
+    CHECK_THAT(run.err, contains("5 cases x 5 runs"));
+    // What ran is shown; what did not is left out, never a nan row.
+    CHECK_THAT(run.out, contains("ping-pong"));
+    CHECK_THAT(run.out, contains("futex"));
+    CHECK_THAT(run.out, contains("copy through a socket"));
+    CHECK_THAT(run.out, !contains("spinning mailbox"));
+    CHECK_THAT(run.out, !contains("socketpair"));
+    CHECK_THAT(run.out, !contains("Throughput"));
+    CHECK_THAT(run.out, !contains("pool (index only)"));
+    CHECK(run.out.find("nan") == std::string::npos);
+    {
+        std::ifstream results(out.file("results.md"));
+        std::string page((std::istreambuf_iterator<char>(results)), std::istreambuf_iterator<char>());
+        CHECK_THAT(page, contains("| ping-pong |"));
+        CHECK_THAT(page, !contains("spinning mailbox"));
+        CHECK(page.find("nan") == std::string::npos);
+    }
+    for (const char* csv : {"latency.csv", "throughput.csv", "pairs.csv", "handle.csv", "crossover.csv", "ratios.csv"}) {
+        std::ifstream file(out.file(csv));
+        std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+        INFO(csv << ":\n" << text);
+        CHECK(text.find("nan") == std::string::npos);
     }
     check_nothing_left(leaks);
 }
