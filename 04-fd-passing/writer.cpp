@@ -170,9 +170,12 @@ UniqueFd listen_on(const std::string& name, bool force, SocketFile& file, const 
         case AtPath::kNotASocket:
             throw_error(EADDRINUSE, bind_call, "the path exists and is not a socket (a file, a directory or a "
                                                "symbolic link): not following it, not removing it");
-        case AtPath::kOtherUsers:
-            throw_error(EADDRINUSE, bind_call, "the socket file there belongs to another user: not connecting to "
-                                               "it, not removing it, --force or not; use another --name");
+        case AtPath::kOtherUsers: {
+            struct stat info {};
+            const uid_t owner = ::lstat(name.c_str(), &info) == 0 ? info.st_uid : static_cast<uid_t>(-1);
+            throw_error(EADDRINUSE, bind_call, "not connecting to it, not removing it, --force or not: " +
+                                                   another_users_name("the socket file there", name, owner));
+        }
         case AtPath::kStaleSocket:
             if (!force)
                 throw_error(EADDRINUSE, bind_call, "a socket file left by a crashed run (nobody listens on it); "
