@@ -276,7 +276,7 @@ TEST_CASE("04: a killed reader makes the writer, idle at its input, fail at once
         group.wait(writer);
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection while the writer waited for input"));
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);

@@ -334,7 +334,7 @@ TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free s
         group.wait(writer);
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("the reader died before the end of the stream"));
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection before the end of the stream"));
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
@@ -479,6 +479,31 @@ TEST_CASE("06 hostile writer: the Rust pool reader refuses what the C++ reader r
     }));
     CHECK_THAT(reader_refusal(hostile, hostile.empty() ? make_pool(4, 4096, 4 * 4096 - 1) : shmtut::UniqueFd(), rust),
                contains(refusal));
+}
+
+// A writer sees only that the connection ended: the reader may have been killed, or exited after
+// an error of its own, or closed the socket and gone on. Here it lives on (the test plays it):
+// "the reader died" would be false.
+TEST_CASE("06: a reader that closes the connection early and lives on is not reported dead", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("10", {"--slots", "4", "--slot-size", "4096", "x"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        {
+            shmtut::UniqueFd connection = connect_to(chapter.name);
+            shmtut::UniqueFd pool_fd;
+            CHECK(receive_message(connection.get(), &pool_fd).type == pool::kHello);
+        } // closed, without a word; this process, the reader, goes on
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection before the end of the stream"));
+        CHECK_THAT(writer.last_error_line(), !contains("died"));
+    }
+    CHECK(chapter.dir.entries().empty()); // the socket file is gone
+    check_nothing_left(leaks);
 }
 
 TEST_CASE("06 hostile reader: the writer refuses every slot it did not lend", "[06][hostile]") {

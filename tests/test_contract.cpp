@@ -210,7 +210,7 @@ const Chapter kMemfd = {
 const Chapter kFdPassing = {
     .folder = "04-fd-passing", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running?",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "already", .stale = "remove it with: rm ",
     .corrupt_header = corrupt_memfd, .unavailable = always_available,
     .writer_narrates = {"SO_PEERCRED): pid=", "HELLO from pid", "MEMORY + SCM_RIGHTS"},
@@ -220,7 +220,7 @@ const Chapter kFdPassing = {
 const Chapter kDmaBuf = {
     .folder = "05-dma-buf", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running?",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "already", .stale = "--force",
     .corrupt_header = nullptr, .unavailable = dma_buf_unavailable};
 // Chapter 06's writer keeps its pool's memfd open until a reader connects, so a corrupted header
@@ -228,7 +228,7 @@ const Chapter kDmaBuf = {
 const Chapter kZeroCopy = {
     .folder = "06-zero-copy", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "another reader is already being served", .stale = "remove it with: rm ",
     .corrupt_header = corrupt_memfd, .unavailable = always_available,
     .writer_narrates = {"8 slots of 65536 bytes", "HELLO + SCM_RIGHTS", "send(FILLED slot=0 length=",
