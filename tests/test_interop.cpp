@@ -392,3 +392,36 @@ TEST_CASE("interop 04 and 06: a Rust reader takes the stream of a C++ writer in 
     }
     check_nothing_left(leaks);
 }
+
+// A writer that dies mid-stream cannot remove its socket file: the Rust readers, like the C++
+// ones, say that the writer is gone and remove the file, since nobody listens on it any more.
+TEST_CASE("interop 04 and 06: a Rust reader reports a killed C++ writer and removes its socket file",
+          "[interop][04][06][rust]") {
+    const auto [writer, reader] = GENERATE(table<std::string, std::string>({
+        {"04-fd-passing/writer", "interop/rust/release/fdpass_reader"},
+        {"06-zero-copy/writer", "interop/rust/release/pool_reader"},
+    }));
+    if (::access(binary(reader).c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust readers are not built: make interop builds them (Debian's cargo and librust-libc-dev)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("killed.sock");
+    leaks.watch_path(socket_path);
+    {
+        ProcessGroup group;
+        Process& w = group.start("writer", {binary(writer), "--name", socket_path, "--timeout", "30"}, Stdin::kPipe);
+        Process& r = group.start("reader", {binary(reader), "--name", socket_path, "--timeout", "60"});
+        group.feed(w, "first\n", false);
+        group.wait_for_stdout(r, 6);
+        group.signal(w, SIGKILL);
+        group.wait(w);
+        group.wait(r);
+        INFO("reader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 1);
+        CHECK(r.out == "first\n");
+        CHECK_THAT(r.last_error_line(), contains("died before the end of the stream"));
+        CHECK_THAT(r.err, contains("removed the socket file the dead writer left"));
+    }
+    CHECK(dir.entries().empty());
+    check_nothing_left(leaks);
+}

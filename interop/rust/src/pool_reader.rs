@@ -182,8 +182,7 @@ impl HeldSlots {
 
 /// Takes every message that has arrived (waiting for the first as long as the writer lives),
 /// then uses each slot in place, in order, and gives it back; confirms END with DONE.
-fn copy_stream(fd: RawFd, mapping: &common::Mapping, slots: HeldSlots, options: &Options) -> Result<(), Error> {
-    let mut slots = slots;
+fn copy_stream(fd: RawFd, mapping: &common::Mapping, mut slots: HeldSlots, options: &Options) -> Result<(), Error> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let (mut messages, mut total) = (0u64, 0u64);
