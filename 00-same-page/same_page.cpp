@@ -510,6 +510,13 @@ int main(int argc, char** argv) {
         Options options = parse_options(argc, argv, spec);
         if (options.help)
             return static_cast<int>(kExitSuccess);
+        // --pause waits for Enter on standard input. Closed (run_main() put a write-only
+        // /dev/null in its place) or write-only, nothing can ever arrive there: a contradiction
+        // in how the program was started, so refuse it before any work, not after it. An input
+        // that ends at once (</dev/null) is fine: end of input ends the pause, as --help says.
+        if (int mode = ::fcntl(STDIN_FILENO, F_GETFL); pause && (mode == -1 || (mode & O_ACCMODE) == O_WRONLY))
+            throw UsageError("--pause waits for Enter on standard input, which is closed (or write-only): run it "
+                             "from a terminal, or leave out --pause");
         return run(options, pages, pause);
     });
 }

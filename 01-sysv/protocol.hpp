@@ -115,6 +115,35 @@ inline int semaphore_pid(int semid, unsigned short semaphore) {
     return pid;
 }
 
+/// The owner of the semaphore set `semid`, or `(uid_t)-1` if it cannot be found. `IPC_STAT`
+/// needs read permission, which a set of another user (mode 0600) does not give; but
+/// `/proc/sysvipc/sem` lists every set of this IPC namespace with its owner to everyone
+/// (`proc(5)`), so a user told "Permission denied" can be told whose set it is.
+inline uid_t set_owner(int semid) {
+    semid_ds info{};
+    semun arg{};
+    arg.buf = &info;
+    if (::semctl(semid, 0, IPC_STAT, arg) == 0)
+        return info.sem_perm.uid;
+    std::FILE* table = std::fopen("/proc/sysvipc/sem", "re");
+    if (table == nullptr)
+        return static_cast<uid_t>(-1);
+    // "key semid perms nsems uid gid cuid cgid otime ctime", a header line first.
+    uid_t owner = static_cast<uid_t>(-1);
+    char line[512];
+    while (std::fgets(line, sizeof line, table) != nullptr) {
+        long long key = 0;
+        int id = -1;
+        unsigned perms = 0, count = 0, uid = 0;
+        if (std::sscanf(line, "%lld %d %o %u %u", &key, &id, &perms, &count, &uid) == 5 && id == semid) {
+            owner = static_cast<uid_t>(uid);
+            break;
+        }
+    }
+    std::fclose(table);
+    return owner;
+}
+
 /// True once the writer that created the set has initialised it: `semctl(SETALL)` leaves
 /// `sem_otime` at 0 and the writer's first `semop` (its "writer alive" token) sets it, the
 /// handshake that `semget(2)` describes.

@@ -148,7 +148,7 @@ bool owner_alive(int semid) {
 /// left (crashed, or kept with --keep). Otherwise the user is told the ipcrm command, or, with
 /// --force, the old segment and then the old set are removed: the segment first, while the old
 /// set still holds the key, so that no new writer can have put a segment there meanwhile.
-void replace_stale_objects(const std::string& create_call, key_t key, bool force, const Narrator& say) {
+void replace_stale_objects(const std::string& create_call, key_t key, const Options& options, const Narrator& say) {
     const std::string key_text = sysv::key_text(key);
     const std::string lookup = "semget(key=" + key_text + ", 0, 0)";
     int old_semid = ::semget(key, 0, 0);
@@ -157,6 +157,13 @@ void replace_stale_objects(const std::string& create_call, key_t key, bool force
             return; // removed meanwhile: the caller tries again
         throw_errno(lookup, errno == EACCES ? "another user's semaphore set uses this key: give --name another path" : "");
     }
+    // Another user's set is neither ours to judge alive or dead nor to remove, --force or not
+    // (and its mode 0600 would refuse us IPC_STAT): say whose it is.
+    if (uid_t owner = sysv::set_owner(old_semid); owner != ::geteuid() && owner != static_cast<uid_t>(-1))
+        throw_error(EEXIST, create_call,
+                    another_users_name("the semaphore set " + std::to_string(old_semid) + " under this key", options.name,
+                                       owner));
+    const bool force = options.force;
     if (owner_alive(old_semid))
         throw_error(EEXIST, create_call,
                     "a writer is running there (pid " + std::to_string(sysv::semaphore_pid(old_semid, sysv::kWriterAlive)) +
@@ -179,11 +186,11 @@ void replace_stale_objects(const std::string& create_call, key_t key, bool force
 /// first (`semget`, then `sem_otime != 0` says initialised) and only then looks for the
 /// segment, so it can tell a dead writer from a slow one while it waits; and a segment found
 /// without a set beside it is always stale (see create_segment()).
-int create_semaphores(key_t key, bool force, OwnedObjects& owned, const Narrator& say) {
+int create_semaphores(key_t key, const Options& options, OwnedObjects& owned, const Narrator& say) {
     const std::string call = "semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)";
     int semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     if (semid == -1 && errno == EEXIST) {
-        replace_stale_objects(call, key, force, say);
+        replace_stale_objects(call, key, options, say);
         semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (semid == -1)
@@ -369,7 +376,7 @@ int run(const Options& options) {
     OwnedObjects owned(say);
 
     key_t key = make_key(options, owned, say);
-    int semid = create_semaphores(key, options.force, owned, say);
+    int semid = create_semaphores(key, options, owned, say);
     ShmAttachment segment = create_segment(key, options.force, owned, say);
     adopt_stale_key_file(options, owned);
     auto& header = *static_cast<SharedHeader*>(segment.get());

@@ -37,6 +37,7 @@
 
 #include <fcntl.h>
 #include <semaphore.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "error.hpp"
@@ -151,6 +152,19 @@ struct ObjectLocation {
     }
     /// How a person removes it by hand.
     std::string removal_command() const { return "rm " + (is_file ? path : "/dev/shm" + path); }
+    /// Its owner, from `lstat` of its file (glibc keeps `shm_open` names in /dev/shm), which
+    /// needs no permission on the object itself; `(uid_t)-1` when there is nothing there.
+    uid_t owner() const {
+        struct stat info {};
+        return ::lstat((is_file ? path : "/dev/shm" + path).c_str(), &info) == 0 ? info.st_uid : static_cast<uid_t>(-1);
+    }
+    /// The end of an error line when another user's object stands at the name: whose it is and
+    /// which name to use instead (see another_users_name()).
+    std::string another_users(uid_t owner_uid) const {
+        if (is_file)
+            return path + " belongs to " + shmtut::user_text(owner_uid) + ", another user: give --file a path of your own";
+        return shmtut::another_users_name("/dev/shm" + path, path, owner_uid);
+    }
 };
 
 /// The `--file PATH` option, which makes `target` a regular file.

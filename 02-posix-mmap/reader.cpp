@@ -209,8 +209,7 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
                 if (!S_ISREG(info.st_mode))
                     throw Failure(target.path + " is not a regular file: refusing it");
                 if (info.st_uid != ::geteuid())
-                    throw Failure(target.path + " belongs to uid " + std::to_string(info.st_uid) +
-                                  ", not to this user: refusing it");
+                    throw Failure("refusing " + target.path + ": " + target.another_users(info.st_uid));
                 if (static_cast<std::uint64_t>(info.st_size) >= kHeaderSize) {
                     object.device = info.st_dev;
                     object.inode = info.st_ino;
@@ -229,6 +228,10 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
         }
         if (errno == ELOOP)
             throw_errno(call, "a symbolic link stands at the name: never followed; refusing it");
+        if (errno == EACCES) { // mode 0600: another user's object
+            const uid_t owner = target.owner();
+            throw_error(EACCES, call, owner != static_cast<uid_t>(-1) && owner != ::geteuid() ? target.another_users(owner) : "");
+        }
         if (errno != ENOENT)
             throw_errno(call);
         if (deadline.expired())

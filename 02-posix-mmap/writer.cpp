@@ -106,9 +106,13 @@ NameHolder inspect_existing(const posix::ObjectLocation& target, const Narrator&
                               "' removes the link, not what it points to), or choose another --name");
     if (fd == -1 && errno == ENOENT)
         return NameHolder::kNothing; // removed since our EEXIST: try to create it again
-    if (fd == -1 && errno == EACCES)
-        throw_errno(call, "an object of this name exists and this user may not open it: it is someone "
-                          "else's; choose another --name");
+    if (fd == -1 && errno == EACCES) {
+        const uid_t owner = target.owner();
+        throw_error(EACCES, call, owner != static_cast<uid_t>(-1) && owner != ::geteuid()
+                              ? target.another_users(owner)
+                              : "an object of this name exists and this user may not open it: it is someone "
+                                "else's; choose another --name");
+    }
     if (fd == -1)
         throw_errno(call);
     UniqueFd existing(fd);
@@ -118,8 +122,7 @@ NameHolder inspect_existing(const posix::ObjectLocation& target, const Narrator&
     if (!S_ISREG(info.st_mode))
         throw Failure(target.path + " exists and is not a regular file: refusing it; choose another --name");
     if (info.st_uid != ::geteuid())
-        throw Failure(target.path + " exists and belongs to uid " + std::to_string(info.st_uid) +
-                      ", not to this user: not ours to replace; choose another --name");
+        throw Failure(target.path + " exists and is not ours to replace: " + target.another_users(info.st_uid));
     bool writer_lives = posix::lock_held(fd, posix::kWriterLockByte);
     say.say("%s = %d; fcntl(fd=%d, F_OFD_GETLK, byte %lld): %s", call.c_str(), fd, fd,
             static_cast<long long>(posix::kWriterLockByte),

@@ -94,9 +94,15 @@ UniqueFd connect_to_writer(const std::string& name, const Deadline& deadline, co
             return connection;
         }
         const int error = errno;
-        if (error != ENOENT && error != ECONNREFUSED && error != EAGAIN)
+        if (error == EACCES && !handoff::is_abstract(name)) { // mode 0600: another user's socket?
+            struct stat owner {};
             throw_error(error, connect_call,
-                        error == EACCES ? "the socket file or a directory above it does not let this user connect" : "");
+                        ::lstat(name.c_str(), &owner) == 0 && owner.st_uid != ::geteuid()
+                            ? another_users_name("the socket file", name, owner.st_uid)
+                            : "the socket file or a directory above it does not let this user connect");
+        }
+        if (error != ENOENT && error != ECONNREFUSED && error != EAGAIN)
+            throw_error(error, connect_call);
         if (deadline.expired())
             throw_error(error, connect_call,
                         error == EAGAIN ? "a process listens there but accepted nobody within " +

@@ -170,9 +170,12 @@ UniqueFd listen_on(const std::string& name, bool force, SocketFile& file, const 
         case AtPath::kNotASocket:
             throw_error(EADDRINUSE, bind_call, "the path exists and is not a socket (a file, a directory or a "
                                                "symbolic link): not following it, not removing it");
-        case AtPath::kOtherUsers:
-            throw_error(EADDRINUSE, bind_call, "the socket file there belongs to another user: not connecting to "
-                                               "it, not removing it, --force or not; use another --name");
+        case AtPath::kOtherUsers: {
+            struct stat info {};
+            const uid_t owner = ::lstat(name.c_str(), &info) == 0 ? info.st_uid : static_cast<uid_t>(-1);
+            throw_error(EADDRINUSE, bind_call, "not connecting to it, not removing it, --force or not: " +
+                                                   another_users_name("the socket file there", name, owner));
+        }
         case AtPath::kStaleSocket:
             if (!force)
                 throw_error(EADDRINUSE, bind_call, "a socket file left by a crashed run (nobody listens on it); "
@@ -360,14 +363,15 @@ void send_memory(int reader, int memory, const Narrator& say) {
     say.say("%s = 16: the memfd is on its way", call.c_str());
 }
 
-/// Sends one message without a descriptor. MSG_NOSIGNAL: a reader that died is EPIPE, not SIGPIPE.
+/// Sends one message without a descriptor. MSG_NOSIGNAL: a reader that closed the connection is
+/// EPIPE, not SIGPIPE.
 void send_message(int reader, handoff::Type type, std::uint64_t length = 0) {
     Message message = handoff::make_message(type, length);
     ssize_t sent;
     while ((sent = ::send(reader, &message, sizeof message, MSG_NOSIGNAL)) == -1 && errno == EINTR)
         throw_if_stopped();
     if (sent == -1 && (errno == EPIPE || errno == ECONNRESET))
-        throw Failure(std::string("send(") + handoff::type_name(type) + "): the reader died (it closed the connection)");
+        throw Failure(std::string("send(") + handoff::type_name(type) + "): " + reader_hung_up("before the end of the stream"));
     if (sent == -1)
         throw_errno(std::string("send(") + handoff::type_name(type) + ")");
     if (sent != static_cast<ssize_t>(sizeof message)) // 16 bytes after a CONSUMED: the buffer is empty
@@ -375,7 +379,8 @@ void send_message(int reader, handoff::Type type, std::uint64_t length = 0) {
 }
 
 /// Waits for the reader's CONSUMED, answering other clients meanwhile; end of file means the
-/// reader died. `deadline` (may be null: as long as the reader lives) bounds the wait.
+/// reader closed the connection (reader_hung_up()). `deadline` (may be null: as long as the
+/// connection is open) bounds the wait.
 void wait_consumed(int reader, int listener, Callers& callers, const Deadline* deadline) {
     Message reply{};
     std::size_t have = 0;
@@ -389,7 +394,7 @@ void wait_consumed(int reader, int listener, Callers& callers, const Deadline* d
         callers.refuse_asking(listener);
         ssize_t n = ::recv(reader, reinterpret_cast<char*>(&reply) + have, sizeof reply - have, MSG_DONTWAIT);
         if (n == 0 || (n == -1 && errno == ECONNRESET))
-            throw Failure("the reader died before the end of the stream (it closed the connection)");
+            throw Failure(reader_hung_up("before the end of the stream"));
         if (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             throw_errno("recv(CONSUMED)");
         if (n > 0)
@@ -430,7 +435,7 @@ int run(const Options& options) {
         if (::poll(&entry, 1, 0) != 1)
             return true;
         if ((entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
-            return false;
+            throw Failure(reader_hung_up("while the writer waited for input") + "; cleaned up");
         throw Failure("the reader sent something out of turn (while no block was pending): refusing it");
     };
     for (;;) {

@@ -125,7 +125,8 @@ void refuse_asking(int listener, Callers& callers, const Narrator& say) {
 }
 
 /// Waits for the reader's CONSUMED (no descriptor with it), answering other clients meanwhile;
-/// end of file means the reader died. `deadline` (may be null) bounds the wait.
+/// end of file means the reader closed the connection (reader_hung_up()). `deadline` (may be
+/// null) bounds the wait.
 void wait_consumed(int reader, int listener, Callers& callers, const Deadline* deadline, const Narrator& say) {
     for (;;) {
         throw_if_stopped();
@@ -144,19 +145,20 @@ void wait_consumed(int reader, int listener, Callers& callers, const Deadline* d
     try {
         receive_with_fds(reader, &reply, sizeof reply, 0, "the reader's CONSUMED", deadline);
     } catch (const PeerClosed& e) {
-        throw Failure(std::string("the reader died before the end of the stream (") + e.what() + ")");
+        throw Failure(reader_hung_up("before the end of the stream"));
     }
     if (std::string problem = dmabuf::message_problem(reply, dmabuf::kConsumed); !problem.empty())
         throw Failure("the reader's reply is refused: " + problem);
 }
 
-/// Sends one message without a descriptor; a closed connection is the reader's death.
+/// Sends one message without a descriptor; a closed connection is reported as reader_hung_up().
 void send_message(int reader, dmabuf::Type type, std::uint64_t length = 0) {
     dmabuf::Message message = dmabuf::make_message(type, length);
     try {
         send_with_fds(reader, &message, sizeof message, {}, type == dmabuf::kBlock ? "send(BLOCK)" : "send(END)");
     } catch (const PeerClosed& e) {
-        throw Failure(std::string("the reader died (") + e.what() + ")");
+        throw Failure(std::string(type == dmabuf::kBlock ? "send(BLOCK)" : "send(END)") + ": " +
+                      reader_hung_up("before the end of the stream"));
     }
 }
 
@@ -209,7 +211,7 @@ int run(const Options& options, bool use_udmabuf) {
     try {
         send_with_fds(reader.get(), &memory_message, sizeof memory_message, {buffer.get()}, "sendmsg(MEMORY)");
     } catch (const PeerClosed& e) {
-        throw Failure(std::string("the reader died (") + e.what() + ")");
+        throw Failure(reader_hung_up("before the dma-buf reached it"));
     }
     say.say("sendmsg(fd=%d, MEMORY + SCM_RIGHTS [%d]) = 16: the dma-buf is on its way", reader.get(), buffer.get());
 
@@ -223,7 +225,7 @@ int run(const Options& options, bool use_udmabuf) {
         if (::poll(&entry, 1, 0) != 1)
             return true;
         if ((entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
-            return false;
+            throw Failure(reader_hung_up("while the writer waited for input") + "; cleaned up");
         throw Failure("the reader sent something out of turn (while no block was pending): refusing it");
     };
     for (;;) {

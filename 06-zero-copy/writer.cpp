@@ -75,7 +75,7 @@ Options:
   --help             show this help
 
 Exit status: 0 the reader returned every slot and confirmed the stream; 1 a runtime failure
-(no reader, the reader died, the reader returned a slot it did not hold); 2 a usage error.
+(no reader, the reader went away, the reader returned a slot it did not hold); 2 a usage error.
 )";
 
 /// The pool's shape, as the command line asked.
@@ -278,7 +278,7 @@ int run(const Options& options, const PoolShape& shape) {
     try {
         pass_pool(connection.get(), memory, say);
     } catch (const PeerClosed& e) {
-        throw Failure(std::string("the reader died before the pool reached it (") + e.what() + ")");
+        throw Failure(reader_hung_up("before the pool reached it"));
     }
 
     Session session{connection.get(), listener.get(), callers, SlotLedger(shape.slot_count), say};
@@ -305,7 +305,9 @@ int run(const Options& options, const PoolShape& shape) {
             std::size_t length = input.next(slot_bytes, static_cast<std::size_t>(shape.slot_size), [&] {
                 refuse_asking(session.listener, callers, say);
                 pollfd entry{session.connection, POLLIN | POLLRDHUP, 0};
-                return !(::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0);
+                if (::poll(&entry, 1, 0) == 1 && (entry.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0)
+                    throw Failure(reader_hung_up("while the writer waited for input") + "; cleaned up");
+                return true;
             });
             if (length == 0) {
                 session.ledger.put_back(*slot);
@@ -330,7 +332,7 @@ int run(const Options& options, const PoolShape& shape) {
         while (!session.take_reply(&done_deadline)) {
         }
     } catch (const PeerClosed& e) {
-        throw Failure(std::string("the reader died before the end of the stream (") + e.what() + ")");
+        throw Failure(reader_hung_up("before the end of the stream"));
     }
     if (session.ledger.on_loan() != 0)
         throw Failure("refused: the reader sent DONE while still holding " + std::to_string(session.ledger.on_loan()) +

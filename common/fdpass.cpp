@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "options.hpp"
+
 namespace shmtut {
 
 namespace {
@@ -71,6 +73,14 @@ SocketFile::~SocketFile() {
     if (!path.empty() && ::unlink(path.c_str()) == 0)
         say.say("unlink(\"%s\") = 0 (cleaning up)", path.c_str());
 }
+
+namespace {
+/// The owner of the file at `name` (never through a symbolic link), or `(uid_t)-1`.
+uid_t socket_file_owner(const std::string& name) {
+    struct stat info {};
+    return ::lstat(name.c_str(), &info) == 0 ? info.st_uid : static_cast<uid_t>(-1);
+}
+} // namespace
 
 SocketState probe_socket(const std::string& name) {
     if (!is_abstract(name)) {
@@ -135,9 +145,10 @@ UniqueFd listen_unix(const std::string& name, bool force, int backlog, SocketFil
         case SocketState::kNotASocket:
             throw_error(EADDRINUSE, call, "the path exists and is not a socket (a file, a directory or a symbolic "
                                           "link): not following it, not removing it; choose another --name");
-        case SocketState::kOtherUsers:
-            throw_error(EADDRINUSE, call, "the socket file there belongs to another user: not connecting to it, not "
-                                          "removing it, --force or not; use another --name");
+        case SocketState::kOtherUsers: // not connected to, not removed, --force or not
+            throw_error(EADDRINUSE, call,
+                        "not connecting to it, not removing it, --force or not: " +
+                            another_users_name("the socket file there", name, socket_file_owner(name)));
         case SocketState::kMissing: // gone meanwhile: try once more below
             break;
         case SocketState::kStale:
@@ -274,9 +285,14 @@ UniqueFd connect_unix(const std::string& name, const Deadline& deadline, const s
         if (::connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0)
             return socket_fd;
         int error = errno;
+        if (error == EACCES && !is_abstract(name)) {
+            const uid_t owner = socket_file_owner(name);
+            throw_error(error, call, owner != static_cast<uid_t>(-1) && owner != ::geteuid()
+                                         ? another_users_name("the socket file", name, owner)
+                                         : "the socket file or a directory above it does not let this user connect");
+        }
         if (error != ENOENT && error != ECONNREFUSED && error != EAGAIN)
-            throw_error(error, call, error == EACCES ? "the socket file or a directory above it does not let this user "
-                                                       "connect" : "");
+            throw_error(error, call);
         if (deadline.expired())
             throw_error(error, call,
                         error == EAGAIN ? "a process listens there but accepted nobody within " +

@@ -8,6 +8,8 @@
 #include <cstdlib>
 
 #include <getopt.h>
+#include <pwd.h>
+#include <unistd.h>
 
 #include "error.hpp"
 
@@ -113,6 +115,36 @@ Options parse_options(int argc, char** argv, const OptionSpec& spec) {
         options.operands.emplace_back(argv[i]);
     }
     return options;
+}
+
+std::string user_text(uid_t uid) {
+    passwd entry{};
+    passwd* found = nullptr;
+    char buffer[1024];
+    std::string text = "uid " + std::to_string(uid);
+    if (::getpwuid_r(uid, &entry, buffer, sizeof buffer, &found) == 0 && found != nullptr)
+        text += " (" + std::string(found->pw_name) + ")";
+    return text;
+}
+
+std::string personal_name(const std::string& name) {
+    passwd entry{};
+    passwd* found = nullptr;
+    char buffer[1024];
+    const uid_t uid = ::geteuid();
+    const std::string user = ::getpwuid_r(uid, &entry, buffer, sizeof buffer, &found) == 0 && found != nullptr
+                                 ? std::string(found->pw_name)
+                                 : std::to_string(uid);
+    const std::size_t last_slash = name.rfind('/');
+    const std::size_t component = last_slash == std::string::npos ? 0 : last_slash + 1;
+    const std::size_t dot = name.rfind('.');
+    const bool has_extension = dot != std::string::npos && dot > component;
+    return has_extension ? name.substr(0, dot) + "-" + user + name.substr(dot) : name + "-" + user;
+}
+
+std::string another_users_name(const std::string& what, const std::string& name, uid_t owner) {
+    return what + " belongs to " + user_text(owner) + ", another user: a default name is the same for every user "
+           "of a machine; give your writer and your reader a name of your own: --name " + personal_name(name);
 }
 
 } // namespace shmtut

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/types.h>
+
 namespace shmtut {
 
 /// One chapter-specific option.
@@ -49,5 +51,20 @@ Options parse_options(int argc, char** argv, const OptionSpec& spec);
 
 /// Parses a `--timeout` value: a decimal number of seconds, greater than 0 and at most one day.
 double parse_seconds(const std::string& option, const std::string& text);
+
+/// A user as a person reads it: "uid 1000 (alice)", or "uid 1000" for a uid without a name.
+std::string user_text(uid_t uid);
+
+/// `name` made this user's own: "-USER" (the login name of the effective uid, or its number)
+/// before the extension of its last component: "/tmp/shm-tutorial-04.sock" becomes
+/// "/tmp/shm-tutorial-04-alice.sock", "/shm-tutorial-02" becomes "/shm-tutorial-02-alice".
+std::string personal_name(const std::string& name);
+
+/// Why a chapter's default names need this: they are the same for every user of a machine, so
+/// two people who run a chapter at once on one server (a workshop room) meet at the same key
+/// file, `/dev/shm` name or socket path, and the second one's programs are refused (EEXIST,
+/// EACCES, EADDRINUSE). The end of that error line: `what` (the object found at `name`) belongs
+/// to `owner`, another user, and the `--name` to give both programs instead.
+std::string another_users_name(const std::string& what, const std::string& name, uid_t owner);
 
 } // namespace shmtut

@@ -72,4 +72,9 @@ void write_all(int fd, const std::uint8_t* bytes, std::uint64_t length) {
     }
 }
 
+std::string reader_hung_up(const std::string& when) {
+    return "the reader closed the connection " + when +
+           " (it exited, was killed, or gave up on the stream: its own last line says which)";
+}
+
 } // namespace shmtut

@@ -49,4 +49,11 @@ private:
 /// program reading the output stopped, so the caller cleans up instead of dying silently.
 void write_all(int fd, const std::uint8_t* bytes, std::uint64_t length);
 
+/// What a writer knows when its reader's connection ends early (end of file, EPIPE,
+/// ECONNRESET): that the reader closed it, `when` ("before the end of the stream"), and no more.
+/// The reader may have been killed, crashed, exited after refusing something or after its own
+/// output closed, or closed the socket and gone on; "died" would claim what the writer cannot
+/// see. The reader's own last line says which.
+std::string reader_hung_up(const std::string& when);
+
 } // namespace shmtut

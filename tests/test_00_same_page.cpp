@@ -291,16 +291,29 @@ TEST_CASE("00: SIGTERM during the pause ends both processes cleanly", "[00]") {
     check_nothing_left(leaks);
 }
 
-TEST_CASE("00: --pause with standard input closed fails naming read(stdin), and leaves no child", "[00]") {
+// --pause waits for Enter on standard input: closed, nothing can ever arrive, which is how the
+// program was started, not something that went wrong while it ran (exit 2, before any work);
+// an input that ends (</dev/null, a finished pipe) ends the pause, as --help says.
+TEST_CASE("00: --pause with standard input closed is a usage error before any work; an ended input ends the pause",
+          "[00]") {
     LeakCheck leaks;
     {
         ProcessGroup group;
-        Process& program = group.start(
+        Process& closed = group.start(
             "same_page", {"/bin/sh", "-c", "exec \"$@\" <&-", "sh", binary("00-same-page/same_page"), "--pause", "--quiet"});
-        group.wait(program);
-        INFO("stderr:\n" << program.err);
-        CHECK(program.exit_code() == 1);
-        CHECK(contains_text(program.last_error_line(), "read(stdin)")); // the call that failed, by its name
+        group.wait(closed);
+        INFO("stderr:\n" << closed.err);
+        CHECK(closed.exit_code() == 2);
+        CHECK(contains_text(closed.err, "--pause waits for Enter on standard input, which is closed"));
+        CHECK(closed.out.empty()); // refused before the fork: no table
+        CHECK_FALSE(group.any_member_alive());
+
+        Process& ended = group.start("same_page", command("00-same-page/same_page", {}, "10", {"--pause", "--quiet"}),
+                                     Stdin::kNull);
+        group.wait(ended);
+        INFO("stderr:\n" << ended.err);
+        CHECK(ended.exit_code() == 0);
+        CHECK(contains_text(ended.out, "page     when")); // the table: the run went on to the end
         CHECK_FALSE(group.any_member_alive());
     }
     check_nothing_left(leaks);

@@ -791,7 +791,8 @@ TEST_CASE("02: another user's object is refused by the reader and by the writer,
         group.wait(reader);
         INFO("reader stderr:\n" << reader.err);
         CHECK(reader.exit_code() == 1);
-        CHECK_THAT(reader.last_error_line(), contains("belongs to uid 0, not to this user: refusing it"));
+        CHECK_THAT(reader.last_error_line(), contains("refusing " + chapter.name + ": /dev/shm" + chapter.name +
+                                                      " belongs to uid 0 (root), another user"));
         CHECK(owner.hand_off().reader_pid.load() == 0);
     }
     {
@@ -809,7 +810,8 @@ TEST_CASE("02: another user's object is refused by the reader and by the writer,
             group.wait(writer);
             INFO("writer " << force << " stderr:\n" << writer.err);
             CHECK(writer.exit_code() == 1);
-            CHECK_THAT(writer.last_error_line(), contains("belongs to uid 0, not to this user: not ours to replace"));
+            CHECK_THAT(writer.last_error_line(), contains("is not ours to replace: /dev/shm" + chapter.name +
+                                                          " belongs to uid 0 (root), another user"));
             CHECK(chapter.exists());
         }
         REQUIRE(::shm_unlink(chapter.name.c_str()) == 0);

@@ -276,7 +276,7 @@ TEST_CASE("04: a killed reader makes the writer, idle at its input, fail at once
         group.wait(writer);
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("the reader died while the writer waited for input"));
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection while the writer waited for input"));
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
@@ -804,7 +804,7 @@ TEST_CASE("04: a socket file of another user at the name is reported as such, ne
             group.wait(stranger);
             INFO("writer as 65534 " << force << " stderr:\n" << stranger.err);
             CHECK(stranger.exit_code() == 1);
-            CHECK_THAT(stranger.last_error_line(), contains("belongs to another user"));
+            CHECK_THAT(stranger.last_error_line(), contains("the socket file there belongs to uid 0 (root), another user"));
         }
         CHECK_FALSE(writer.wait_status.has_value()); // still waiting
         Process& reader = group.start("reader", command("04-fd-passing/reader", {"--name", live}, "30"));
@@ -826,7 +826,7 @@ TEST_CASE("04: a socket file of another user at the name is reported as such, ne
         group.wait(forced);
         INFO("forced writer stderr:\n" << forced.err);
         CHECK(forced.exit_code() == 1);
-        CHECK_THAT(forced.last_error_line(), contains("belongs to another user"));
+        CHECK_THAT(forced.last_error_line(), contains("the socket file there belongs to uid 0 (root), another user"));
         CHECK(::access(stale.c_str(), F_OK) == 0); // left alone
         REQUIRE(::unlink(stale.c_str()) == 0);
     }

@@ -183,16 +183,21 @@ std::vector<std::string> lettered_messages(int count) {
     return messages;
 }
 
-/// Plays the writer against the real reader: hands it a good pool, then `hostile` messages.
-/// Returns the reader's last error line; checks it exited 1, printed nothing and left nothing.
-std::string reader_refusal(const std::vector<pool::Message>& hostile, shmtut::UniqueFd pool_fd = {}) {
+/// Plays the writer against the real reader (or `reader_program`, another reader of the same
+/// protocol: interop's Rust one): hands it a good pool, then `hostile` messages. Returns the
+/// reader's last error line; checks it exited 1, printed nothing and left nothing.
+std::string reader_refusal(const std::vector<pool::Message>& hostile, shmtut::UniqueFd pool_fd = {},
+                           const std::string& reader_program = {}) {
     LeakCheck leaks;
     Chapter06 chapter;
     std::string refusal;
     {
         shmtut::UniqueFd listener = listen_at(chapter.name);
         ProcessGroup group;
-        Process& reader = group.start("reader", chapter.reader("10"));
+        Process& reader = group.start("reader", reader_program.empty()
+                                                    ? chapter.reader("10")
+                                                    : std::vector<std::string>{reader_program, "--name", chapter.name,
+                                                                               "--timeout", "10"});
         shmtut::UniqueFd connection = accept_within(listener.get());
         if (!pool_fd)
             pool_fd = make_pool();
@@ -330,7 +335,7 @@ TEST_CASE("06: a killed reader is reported dead by a writer waiting for a free s
         group.wait(writer);
         INFO("writer stderr:\n" << writer.err);
         CHECK(writer.exit_code() == 1);
-        CHECK_THAT(writer.last_error_line(), contains("the reader died before the end of the stream"));
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection before the end of the stream"));
     }
     CHECK(chapter.dir.entries().empty());
     check_nothing_left(leaks);
@@ -453,6 +458,53 @@ TEST_CASE("06 hostile writer: the reader refuses every index and length it canno
     SECTION("a pool whose slots are not whole pages") {
         CHECK_THAT(reader_refusal({}, make_pool(4, 1000)), contains("4 slots of 1000 bytes do not fit"));
     }
+}
+
+// interop/rust/src/pool_reader.rs trusts what the C++ reader trusts: the same hostile writer,
+// the same refusals (make interop runs it).
+TEST_CASE("06 hostile writer: the Rust pool reader refuses what the C++ reader refuses",
+          "[interop][06][rust][hostile]") {
+    const std::string rust = binary("interop/rust/release/pool_reader");
+    if (::access(rust.c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust readers are not built: make interop builds them (Debian's cargo and librust-libc-dev)");
+    const auto [hostile, refusal] = GENERATE(table<std::vector<pool::Message>, std::string>({
+        {{filled(4, 10)}, "the writer filled slot 4, but the pool has only 4 slots (0 to 3)"},
+        {{filled(1, 10), filled(1, 10)}, "the writer filled slot 1, which the reader still holds"},
+        {{filled(3, 4097)}, "slot 3 holds 4097 bytes; a slot holds 1 to 4096"},
+        {{filled(0, 0)}, "holds 0 bytes"},
+        {{returned(0)}, "the writer sent RETURNED, expected FILLED or END"},
+        {{pool::Message{0x12345678, pool::kFilled, 0, 1}}, "does not start with SHM6"},
+        {{kEndMessage, kEndMessage}, "the writer sent END after END"},
+        {{kEndMessage, filled(0, 10)}, "the writer sent FILLED after END"},
+        {std::vector<pool::Message>{}, "4 slots of 4096 bytes do not fit"}, // no message: the pool's capacity is one byte short
+    }));
+    CHECK_THAT(reader_refusal(hostile, hostile.empty() ? make_pool(4, 4096, 4 * 4096 - 1) : shmtut::UniqueFd(), rust),
+               contains(refusal));
+}
+
+// A writer sees only that the connection ended: the reader may have been killed, or exited after
+// an error of its own, or closed the socket and gone on. Here it lives on (the test plays it):
+// "the reader died" would be false.
+TEST_CASE("06: a reader that closes the connection early and lives on is not reported dead", "[06]") {
+    LeakCheck leaks;
+    Chapter06 chapter;
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", chapter.writer("10", {"--slots", "4", "--slot-size", "4096", "x"}));
+        group.wait_for_stderr(writer, "waiting up to");
+        {
+            shmtut::UniqueFd connection = connect_to(chapter.name);
+            shmtut::UniqueFd pool_fd;
+            CHECK(receive_message(connection.get(), &pool_fd).type == pool::kHello);
+        } // closed, without a word; this process, the reader, goes on
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err);
+        CHECK(writer.exit_code() == 1);
+        CHECK_THAT(writer.last_error_line(), contains("the reader closed the connection before the end of the stream"));
+        CHECK_THAT(writer.last_error_line(), !contains("died"));
+    }
+    CHECK(chapter.dir.entries().empty()); // the socket file is gone
+    check_nothing_left(leaks);
 }
 
 TEST_CASE("06 hostile reader: the writer refuses every slot it did not lend", "[06][hostile]") {

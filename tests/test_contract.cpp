@@ -13,11 +13,13 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
@@ -208,7 +210,7 @@ const Chapter kMemfd = {
 const Chapter kFdPassing = {
     .folder = "04-fd-passing", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running?",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "already", .stale = "remove it with: rm ",
     .corrupt_header = corrupt_memfd, .unavailable = always_available,
     .writer_narrates = {"SO_PEERCRED): pid=", "HELLO from pid", "MEMORY + SCM_RIGHTS"},
@@ -218,7 +220,7 @@ const Chapter kFdPassing = {
 const Chapter kDmaBuf = {
     .folder = "05-dma-buf", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running?",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "already", .stale = "--force",
     .corrupt_header = nullptr, .unavailable = dma_buf_unavailable};
 // Chapter 06's writer keeps its pool's memfd open until a reader connects, so a corrupted header
@@ -226,7 +228,7 @@ const Chapter kDmaBuf = {
 const Chapter kZeroCopy = {
     .folder = "06-zero-copy", .make_place = socket_place, .reader_for = named_reader,
     .writer_waits = "waiting up to", .no_writer = "is the writer running? start it first",
-    .writer_died = "died before the end of the stream", .reader_died = "the reader died",
+    .writer_died = "died before the end of the stream", .reader_died = "the reader closed the connection",
     .second_reader = "another reader is already being served", .stale = "remove it with: rm ",
     .corrupt_header = corrupt_memfd, .unavailable = always_available,
     .writer_narrates = {"8 slots of 65536 bytes", "HELLO + SCM_RIGHTS", "send(FILLED slot=0 length=",
@@ -528,6 +530,53 @@ void across_pid_namespaces(const Chapter& chapter) {
     }
 }
 
+// The chapters' default names are the same for every user of a machine: in a workshop room on
+// one server, the second person to run a chapter meets the first one's key file, /dev/shm name
+// or socket. Both of the second person's programs must say whose the name is and which --name
+// to use instead (never "Permission denied" alone), and leave the first person's run alone. The
+// case uses a private name (the defaults are shared with whoever else uses this machine); the
+// programs treat every name alike.
+void another_users_name(const Chapter& chapter) {
+    std::optional<RunAs> other = unprivileged_ids();
+    if (!other)
+        SKIP_TEST("not root: this case starts programs under another uid");
+    const passwd* entry = ::getpwuid(other->uid);
+    const std::string other_user = entry != nullptr ? entry->pw_name : std::to_string(other->uid);
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    if (place.dir)
+        REQUIRE(::chmod(place.dir->path().c_str(), 01777) == 0); // shared and sticky, as /tmp
+    {
+        ProcessGroup group;
+        Process& writer = group.start("writer", writer_command(chapter, place, "30", {"mine"}));
+        group.wait_for_stderr(writer, chapter.writer_waits);
+        for (const char* program : {"writer", "reader"}) {
+            std::vector<std::string> extra;
+            if (std::string(program) == "writer")
+                extra.push_back("theirs");
+            Process& stranger = group.start(std::string(program) + " as " + other_user,
+                                            command(std::string(chapter.folder) + "/" + program, place.name_args, "3",
+                                                    extra),
+                                            Stdin::kNull, *other);
+            group.wait(stranger);
+            INFO(program << " as " << other_user << " stderr:\n" << stranger.err);
+            CHECK(stranger.exit_code() == 1);
+            CHECK(stranger.out.empty());
+            CHECK_THAT(stranger.last_error_line(), contains("belongs to uid " + std::to_string(::geteuid())));
+            CHECK_THAT(stranger.last_error_line(), contains("another user"));
+            CHECK_THAT(stranger.last_error_line(), contains("--name " + place.name + "-" + other_user));
+        }
+        CHECK_FALSE(writer.finished()); // the first person's run goes on
+        Process& reader = group.start("reader", chapter.reader_for(chapter, place, &writer, "30", {}));
+        group.wait(reader);
+        group.wait(writer);
+        INFO("writer stderr:\n" << writer.err << "reader stderr:\n" << reader.err);
+        CHECK(reader.out == "mine\n");
+        CHECK(writer.exit_code() == 0);
+    }
+    check_place_empty(leaks, place);
+}
+
 /// `argv` run through the shell with one of its standard descriptors closed (`redirect` is
 /// `<&-` or `>&-`), as a careless script or a service manager may start it.
 std::vector<std::string> with_closed(const char* redirect, const std::vector<std::string>& argv) {
@@ -616,7 +665,9 @@ void reader_stdout_closed(const Chapter& chapter) {
 #define CONTRACT_NAMED_CASES(tag, chapter)                                                                         \
     CONTRACT_CASE(tag, chapter, "a reader started first waits for the writer", reader_first)                        \
     CONTRACT_CASE(tag, chapter, "what a crashed writer left is reported, and --force replaces it", stale_object) \
-    CONTRACT_CASE(tag, chapter, "a writer and a reader in different pid namespaces work together", across_pid_namespaces)
+    CONTRACT_CASE(tag, chapter, "a writer and a reader in different pid namespaces work together", across_pid_namespaces) \
+    CONTRACT_CASE(tag, chapter, "another user at the same name is told whose it is and which --name to use",       \
+                  another_users_name)
 
 CONTRACT_CASES("01", kSysv)
 CONTRACT_NAMED_CASES("01", kSysv)

@@ -355,3 +355,73 @@ TEST_CASE("interop 06: 3 MiB from the C++ pool writer arrive identical at the Ru
                   {reader, "--name", socket_path, "--timeout", "30"}, random_bytes(3 << 20, 6006));
     check_nothing_left(leaks);
 }
+
+// A pid is a number in one pid namespace: the writer's header names its pid as it sees it (1 in
+// a fresh namespace), SO_PEERCRED gives the reader the same process's pid in the reader's
+// namespace. The connection is the proof of who sent the memory, as for the C++ readers
+// (test_contract.cpp, "across pid namespaces"): a Rust reader that compared the two numbers
+// would refuse a genuine writer in a container.
+TEST_CASE("interop 04 and 06: a Rust reader takes the stream of a C++ writer in another pid namespace",
+          "[interop][04][06][rust]") {
+    const auto [chapter, writer, reader] = GENERATE(table<std::string, std::string, std::string>({
+        {"04", "04-fd-passing/writer", "interop/rust/release/fdpass_reader"},
+        {"06", "06-zero-copy/writer", "interop/rust/release/pool_reader"},
+    }));
+    if (::access(binary(reader).c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust readers are not built: make interop builds them (Debian's cargo and librust-libc-dev)");
+    std::vector<std::string> writer_argv = unshare_for({"--pid", "--fork"});
+    if (writer_argv.empty())
+        SKIP_TEST("unshare --pid is not allowed here (not root, and no unprivileged user namespaces)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("pidns.sock");
+    leaks.watch_path(socket_path);
+    for (const std::string& word : {binary(writer), std::string("--name"), socket_path, std::string("--timeout"),
+                                    std::string("30"), std::string("across pid namespaces")})
+        writer_argv.push_back(word);
+    {
+        ProcessGroup group;
+        Process& w = group.start("writer", writer_argv);
+        Process& r = group.start("reader", {binary(reader), "--name", socket_path, "--timeout", "30"});
+        group.wait(r);
+        group.wait(w);
+        INFO("chapter " << chapter << "\nwriter stderr:\n" << w.err << "\nreader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 0);
+        CHECK(w.exit_code() == 0);
+        CHECK(r.out == "across pid namespaces\n");
+    }
+    check_nothing_left(leaks);
+}
+
+// A writer that dies mid-stream cannot remove its socket file: the Rust readers, like the C++
+// ones, say that the writer is gone and remove the file, since nobody listens on it any more.
+TEST_CASE("interop 04 and 06: a Rust reader reports a killed C++ writer and removes its socket file",
+          "[interop][04][06][rust]") {
+    const auto [writer, reader] = GENERATE(table<std::string, std::string>({
+        {"04-fd-passing/writer", "interop/rust/release/fdpass_reader"},
+        {"06-zero-copy/writer", "interop/rust/release/pool_reader"},
+    }));
+    if (::access(binary(reader).c_str(), X_OK) != 0)
+        SKIP_TEST("the Rust readers are not built: make interop builds them (Debian's cargo and librust-libc-dev)");
+    LeakCheck leaks;
+    TempDir dir;
+    const std::string socket_path = dir.file("killed.sock");
+    leaks.watch_path(socket_path);
+    {
+        ProcessGroup group;
+        Process& w = group.start("writer", {binary(writer), "--name", socket_path, "--timeout", "30"}, Stdin::kPipe);
+        Process& r = group.start("reader", {binary(reader), "--name", socket_path, "--timeout", "60"});
+        group.feed(w, "first\n", false);
+        group.wait_for_stdout(r, 6);
+        group.signal(w, SIGKILL);
+        group.wait(w);
+        group.wait(r);
+        INFO("reader stderr:\n" << r.err);
+        CHECK(r.exit_code() == 1);
+        CHECK(r.out == "first\n");
+        CHECK_THAT(r.last_error_line(), contains("died before the end of the stream"));
+        CHECK_THAT(r.err, contains("removed the socket file the dead writer left"));
+    }
+    CHECK(dir.entries().empty());
+    check_nothing_left(leaks);
+}

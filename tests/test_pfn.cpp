@@ -184,6 +184,47 @@ TEST_CASE("pfn: no such process, an unmapped address and an untouched page each 
     ::munmap(untouched, page_size());
 }
 
+namespace {
+
+/// The start of a mapping of this process that /proc/self/smaps flags VM_PFNMAP (VmFlags "pf":
+/// the vDSO's [vvar] on x86-64 kernels since 5.x), or 0 when there is none.
+std::uintptr_t a_pfnmap_mapping() {
+    std::FILE* smaps = std::fopen("/proc/self/smaps", "re");
+    REQUIRE(smaps != nullptr);
+    char line[4096];
+    unsigned long long start = 0, found = 0;
+    while (found == 0 && std::fgets(line, sizeof line, smaps) != nullptr) {
+        unsigned long long range_start = 0, range_end = 0;
+        if (std::sscanf(line, "%llx-%llx ", &range_start, &range_end) == 2)
+            start = range_start;
+        else if (std::string(line).rfind("VmFlags:", 0) == 0 && (std::string(line) + " ").find(" pf ") != std::string::npos)
+            found = start;
+    }
+    std::fclose(smaps);
+    return static_cast<std::uintptr_t>(found);
+}
+
+} // namespace
+
+// The kernel does not walk a VM_PFNMAP mapping for pagemap (mm/pagewalk.c, walk_page_test()):
+// every page of it reads as "not present", touched or not. "Touch it and run pfn again" would
+// send a learner round in circles.
+TEST_CASE("pfn: a VM_PFNMAP mapping is reported as such, not as a page that is not present", "[pfn]") {
+    if (auto why = testsupport::emulator_cannot_show_addresses(); !why.empty())
+        SKIP_TEST(why);
+    const std::uintptr_t pfnmap = a_pfnmap_mapping();
+    if (pfnmap == 0)
+        SKIP_TEST("no mapping of this process has VmFlags pf (VM_PFNMAP) in /proc/self/smaps on this kernel");
+    ProcessGroup group;
+    Process& pfn = run_pfn(group, {std::to_string(::getpid()), hex(reinterpret_cast<const void*>(pfnmap))});
+    INFO("stdout: " << pfn.out << "stderr: " << pfn.err);
+    CHECK(pfn.exit_code() == 1);
+    CHECK(contains_text(pfn.out, ": frame not shown (VM_PFNMAP), in "));
+    CHECK(!contains_text(pfn.out, "not present"));
+    CHECK(contains_text(pfn.err, "a VM_PFNMAP mapping (VmFlags pf in /proc/"));
+    CHECK(!contains_text(pfn.err, "touches it"));
+}
+
 TEST_CASE("pfn: as root, two virtual addresses of one shared page show one PFN", "[pfn]") {
     if (auto why = testsupport::emulator_cannot("mremap(2) with old_size 0, which maps a shared page a second time"); !why.empty())
         SKIP_TEST(why);

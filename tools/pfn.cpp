@@ -12,11 +12,16 @@
 /// page is present in RAM, bit 62 that it is swapped out, bits 0-54 hold the PFN. The kernel
 /// gives the PFN only to a reader with `CAP_SYS_ADMIN`; since Linux 4.2 everyone else reads 0
 /// there. Reading another process's pagemap needs the same permission as reading its memory
-/// (a ptrace "read" check): your own processes, or any as root.
+/// (a ptrace "read" check): your own processes, or any as root. One kind of mapping has no
+/// answer at all: a `VM_PFNMAP` one (device memory, the vDSO's `[vvar]` data pages), which the
+/// kernel maps by frame number without page structures; pagemap does not walk it
+/// (`walk_page_test()` in `mm/pagewalk.c`) and reports every page of it as not present, mapped
+/// or not. pfn tells it by its `VmFlags` in `/proc/PID/smaps` (`pf`) and says so.
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -48,8 +53,13 @@ the right to read its memory: your own processes, or any as root.
 Options:
   --help   show this help
 
+A VM_PFNMAP mapping (VmFlags "pf" in /proc/PID/smaps: device memory, the vDSO's
+[vvar] pages) is mapped by frame number and pagemap does not show its frames at all:
+pfn says so rather than "not present".
+
 Exit status: 0 every address has a PFN; 1 one did not (no such process, address not
-mapped, page not present, PFN hidden), or a runtime failure; 2 a usage error.
+mapped, page not present, PFN hidden, a VM_PFNMAP mapping), or a runtime failure; 2 a
+usage error.
 )";
 
 // The bits of a pagemap entry used here (proc(5), Documentation/admin-guide/mm/pagemap.rst).
@@ -141,6 +151,37 @@ std::vector<MapsLine> read_maps(pid_t pid) {
     return lines;
 }
 
+/// True when /proc/PID/smaps gives the mapping that starts at `start` the VmFlags `pf`
+/// (VM_PFNMAP): memory mapped by frame number, with no page structures behind it, which pagemap
+/// does not walk. False when it does not, or when smaps cannot be read (the process exited).
+bool is_pfnmap(pid_t pid, std::uint64_t start) {
+    const std::string path = "/proc/" + std::to_string(pid) + "/smaps";
+    std::FILE* smaps = std::fopen(path.c_str(), "re");
+    if (smaps == nullptr)
+        return false;
+    // Each mapping is a maps line ("start-end perms ...") followed by its fields, the last of
+    // which is "VmFlags: rd mr pf io de dd".
+    bool in_mapping = false, pfnmap = false;
+    char line[4096];
+    while (std::fgets(line, sizeof line, smaps) != nullptr) {
+        unsigned long long range_start = 0, range_end = 0;
+        if (std::sscanf(line, "%llx-%llx ", &range_start, &range_end) == 2) {
+            if (in_mapping)
+                break; // the mapping had no VmFlags line
+            in_mapping = range_start == start;
+        } else if (in_mapping && std::strncmp(line, "VmFlags:", 8) == 0) {
+            // Two-letter flags separated by spaces (proc(5)): look for the word "pf".
+            char* saved = nullptr;
+            for (char* word = ::strtok_r(line + 8, " \n", &saved); word != nullptr;
+                 word = ::strtok_r(nullptr, " \n", &saved))
+                pfnmap = pfnmap || std::strcmp(word, "pf") == 0;
+            break;
+        }
+    }
+    std::fclose(smaps);
+    return pfnmap;
+}
+
 const MapsLine* find_mapping(const std::vector<MapsLine>& maps, std::uint64_t address) {
     for (const MapsLine& line : maps)
         if (line.start <= address && address < line.end)
@@ -181,7 +222,15 @@ int run(pid_t pid, const std::vector<std::uint64_t>& addresses) {
             throw Failure("process " + std::to_string(pid) + " exited while pfn was reading its pagemap");
 
         std::string frame;
-        if ((entry & kPresent) == 0) {
+        if ((entry & (kPresent | kSwapped)) == 0 && is_pfnmap(pid, mapping->start)) {
+            frame = "frame not shown (VM_PFNMAP)";
+            std::fprintf(stderr,
+                         "pfn: %#llx: a VM_PFNMAP mapping (VmFlags pf in /proc/%d/smaps): the kernel maps it by "
+                         "frame number, without page structures, and pagemap does not look inside it: it says "
+                         "\"not present\" for every page of it, touched or not, so its frames cannot be shown\n",
+                         static_cast<unsigned long long>(address), pid);
+            status = kExitFailure;
+        } else if ((entry & kPresent) == 0) {
             frame = (entry & kSwapped) != 0 ? "swapped out" : "not present";
             std::fprintf(stderr,
                          "pfn: %#llx: the page is %s: no frame is behind it now; it gets one when the "

@@ -181,11 +181,19 @@ WriterObjects find_writer(const Options& options, const Deadline& deadline, cons
             semid_ds info{};
             sysv::semun arg{};
             arg.buf = &info;
-            if (::semctl(writer.semid, 0, IPC_STAT, arg) == -1)
-                throw_errno(stat);
+            if (::semctl(writer.semid, 0, IPC_STAT, arg) == -1) {
+                // Another user's set (mode 0600) refuses IPC_STAT: say whose it is.
+                const int error = errno;
+                const uid_t owner = error == EACCES ? sysv::set_owner(writer.semid) : static_cast<uid_t>(-1);
+                throw_error(error, stat,
+                            owner != static_cast<uid_t>(-1)
+                                ? another_users_name("the semaphore set under this key", options.name, owner)
+                                : "");
+            }
             if (info.sem_perm.cuid != ::geteuid())
                 throw Failure("semaphore set " + std::to_string(writer.semid) + " was created by uid " +
-                              std::to_string(info.sem_perm.cuid) + ", not by this user: refusing it");
+                              std::to_string(info.sem_perm.cuid) + ", not by this user: refusing it; " +
+                              another_users_name("it", options.name, info.sem_perm.cuid));
             if (info.sem_otime != 0)
                 break;
         }

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,13 @@ pub const HEADER_MAGIC: u32 = 0x544d_4853; // "SHMT"
 pub const LAYOUT_VERSION: u32 = 1;
 pub const HEADER_SIZE: u64 = 256;
 
-/// A failure: one line on stderr, exit 1. A usage error: exit 2.
+/// A failure: one line on stderr, exit 1. A usage error: exit 2. `PeerClosed`: the writer closed
+/// (or reset) the connection, which the readers report as its death, as the C++ readers do;
+/// a refusal of what did arrive is a plain `Failure`.
 pub enum Error {
     Failure(String),
     Usage(String),
+    PeerClosed(String),
 }
 
 impl From<io::Error> for Error {
@@ -97,11 +101,24 @@ pub fn socket_address(name: &str) -> Result<(libc::sockaddr_un, libc::socklen_t)
     Ok((address, length as libc::socklen_t))
 }
 
-/// connect(2), retried every 50 ms while nobody listens yet, bounded by the timeout.
+/// connect(2), retried every 50 ms while nobody listens yet, bounded by the timeout. connect
+/// follows a symbolic link and lstat does not, so a path that is not a socket is refused before
+/// connecting, as the C++ readers do (in a sticky directory such as /tmp nobody else can swap
+/// this user's socket file between the two calls).
 pub fn connect_to_writer(options: &Options) -> Result<OwnedFd, Error> {
     let (address, length) = socket_address(&options.name)?;
     let deadline = Instant::now() + options.timeout;
     loop {
+        if !options.name.starts_with('@') {
+            if let Ok(info) = std::fs::symlink_metadata(&options.name) {
+                let kind = info.file_type();
+                if !kind.is_socket() {
+                    let what = if kind.is_symlink() { "a symbolic link" } else { "a file or directory" };
+                    return fail(format!("{} is not a socket ({}): not following it; is --name right?",
+                                        options.name, what));
+                }
+            }
+        }
         let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         if fd == -1 {
             return Err(os_error("socket(AF_UNIX, SOCK_STREAM)"));
@@ -114,10 +131,77 @@ pub fn connect_to_writer(options: &Options) -> Result<OwnedFd, Error> {
         }
         let error = io::Error::last_os_error();
         let retry = matches!(error.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::EAGAIN));
-        if !retry || Instant::now() >= deadline {
+        if !retry {
+            let hint = if error.raw_os_error() == Some(libc::EACCES) {
+                ": the socket file or a directory above it does not let this user connect"
+            } else {
+                ""
+            };
+            return fail(format!("connect(\"{}\"): {}{}", options.name, error, hint));
+        }
+        if Instant::now() >= deadline {
             return fail(format!("connect(\"{}\"): {}: is the writer running? start it first", options.name, error));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// After the writer closed the connection: removes its socket file if it is still a socket
+/// (lstat: never through a symbolic link) and nobody listens on it, so that a dead writer leaves
+/// nothing behind, as the C++ readers do. A dying process closes its descriptors one after
+/// another (the connection may end a moment before the listener), so it looks for up to a
+/// second. Each probe is a non-blocking connect closed at once without a byte: a new writer
+/// there does not take it for a reader.
+pub fn remove_if_stale(options: &Options) {
+    if options.name.starts_with('@') {
+        return; // an abstract name vanished with the writer's socket
+    }
+    let (address, length) = match socket_address(&options.name) {
+        Ok(found) => found,
+        Err(_) => return,
+    };
+    for _ in 0..20 {
+        match std::fs::symlink_metadata(&options.name) {
+            Ok(info) if info.file_type().is_socket() => {}
+            _ => return,
+        }
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        if fd == -1 {
+            return;
+        }
+        let probe = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pointer = &address as *const libc::sockaddr_un as *const libc::sockaddr;
+        if unsafe { libc::connect(probe.as_raw_fd(), pointer, length) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNREFUSED)
+        {
+            if std::fs::remove_file(&options.name).is_ok() {
+                say(options, format!("unlink(\"{}\") = 0: removed the socket file the dead writer left", options.name));
+            }
+            return;
+        }
+        drop(probe);
+        std::thread::sleep(Duration::from_millis(50)); // still listening: gone in a moment, or a new writer
+    }
+}
+
+/// send(2) of one whole message; MSG_NOSIGNAL: a closed peer is EPIPE (PeerClosed), not SIGPIPE.
+/// The readers send only after the writer spoke, or first: 16 bytes always fit in the buffer.
+pub fn send_bytes(socket: RawFd, bytes: &[u8], call: &str) -> Result<(), Error> {
+    loop {
+        let sent = unsafe { libc::send(socket, bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_NOSIGNAL) };
+        if sent == bytes.len() as isize {
+            return Ok(());
+        }
+        if sent >= 0 {
+            return fail(format!("{} sent {} of {} bytes", call, sent, bytes.len()));
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) => {
+                return Err(Error::PeerClosed(format!("{}: the writer closed the connection", call)))
+            }
+            _ => return Err(os_error(call)),
+        }
     }
 }
 
@@ -187,6 +271,41 @@ impl Mapping {
     }
 }
 
+/// The shared header's fields a reader trusts, each loaded once from the mapping and validated
+/// as a local copy (the writer can change the memory between a check and a use).
+pub struct HeaderCopy {
+    pub magic: u32,
+    pub version: u32,
+    pub data_capacity: u64,
+}
+
+/// Copies the header once and validates the copy against the real size (from fstat, after the
+/// seals), as common/layout.cpp's validate_header() does: the magic, the layout version, a data
+/// capacity that is not 0 and fits after the header (a subtraction that cannot wrap). The
+/// header's writer_pid is not compared with SO_PEERCRED's pid: the connection is the proof of
+/// who sent the memory, and the header's number is the writer's pid in its own pid namespace,
+/// another number (or 0, invisible) for a reader in another one (a container, unshare --pid).
+pub fn validate_header(mapping: &Mapping, size: u64) -> Result<HeaderCopy, Error> {
+    let copy = HeaderCopy { magic: mapping.load_u32(0), version: mapping.load_u32(4), data_capacity: mapping.load_u64(8) };
+    if copy.magic != HEADER_MAGIC {
+        return fail(format!("header refused: magic is 0x{:08x}, expected 0x{:08x}: not this tutorial's shared memory",
+                            copy.magic, HEADER_MAGIC));
+    }
+    if copy.version != LAYOUT_VERSION {
+        return fail(format!("header refused: layout version {}, this program reads version {}", copy.version,
+                            LAYOUT_VERSION));
+    }
+    if size < HEADER_SIZE {
+        return fail(format!("header refused: the object has {} bytes, less than the {}-byte header", size,
+                            HEADER_SIZE));
+    }
+    if copy.data_capacity == 0 || copy.data_capacity > size - HEADER_SIZE {
+        return fail(format!("header refused: data capacity {} does not fit in the object's {} bytes after the \
+                             {}-byte header", copy.data_capacity, size, HEADER_SIZE));
+    }
+    Ok(copy)
+}
+
 /// Receives exactly `bytes.len()` bytes with recvmsg(2), and every descriptor that comes with
 /// them as SCM_RIGHTS. The control buffer is what the C++ readers declare as
 /// `union { char buffer[CMSG_SPACE(sizeof(int))]; cmsghdr align; }`: room for one descriptor,
@@ -227,12 +346,14 @@ pub fn receive_exact(socket: RawFd, bytes: &mut [u8], deadline: Option<Instant>,
         if n == -1 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-                Some(libc::ECONNRESET) => return fail(format!("the writer closed the connection before {}", what)),
+                Some(libc::ECONNRESET) => {
+                    return Err(Error::PeerClosed(format!("the writer closed the connection before {}", what)))
+                }
                 _ => return Err(os_error("recvmsg(MSG_CMSG_CLOEXEC)")),
             }
         }
         if n == 0 {
-            return fail(format!("the writer closed the connection before {}", what));
+            return Err(Error::PeerClosed(format!("the writer closed the connection before {}", what)));
         }
         // Own every descriptor first, whatever else is wrong, counted from cmsg_len.
         let before = descriptors.len();
@@ -281,12 +402,12 @@ pub fn main_with(role: &str, usage: &str, default_name: &str, run: fn(&Options) 
         Ok(None) => 0,
         Ok(Some(options)) => match run(&options) {
             Ok(()) => 0,
-            Err(Error::Failure(text)) | Err(Error::Usage(text)) => {
+            Err(Error::Failure(text)) | Err(Error::Usage(text)) | Err(Error::PeerClosed(text)) => {
                 eprintln!("reader: {}", text);
                 1
             }
         },
-        Err(Error::Usage(text)) | Err(Error::Failure(text)) => {
+        Err(Error::Usage(text)) | Err(Error::Failure(text)) | Err(Error::PeerClosed(text)) => {
             eprintln!("reader: {}\nTry '{} --help'.", text, role);
             2
         }

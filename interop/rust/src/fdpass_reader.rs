@@ -10,8 +10,11 @@
 //! same user); exactly one descriptor, counted from `cmsg_len`, every one owned (closed) whatever
 //! else is wrong, and no `MSG_CTRUNC`; the seals before the size (`F_GET_SEALS`, then `fstat`);
 //! a memfd (`/proc/self/fd/N` says `/memfd:`); the header copied once and validated against the
-//! real size; the header's writer pid is the pid the kernel named; each block's length at most
-//! the validated capacity. The wire protocol is in 04-fd-passing/README.md: 16-byte messages,
+//! real size; each block's length at most the validated capacity. Like the C++ reader it does
+//! not compare the header's writer pid with the pid `SO_PEERCRED` names: the connection is the
+//! proof of who sent the memory, and a writer in another pid namespace (a container) writes its
+//! own pid there, another number. A writer that closes the connection is reported as gone and
+//! its stale socket file removed. The wire protocol is in 04-fd-passing/README.md: 16-byte messages,
 //! little-endian: magic `SHM4`, version 2 (u16), type (u16), length (u64).
 
 use std::io::{self, Write};
@@ -19,7 +22,7 @@ use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 mod common;
-use common::{fail, os_error, say, Error, Options, HEADER_MAGIC, HEADER_SIZE, LAYOUT_VERSION};
+use common::{fail, say, Error, Options, HEADER_SIZE};
 
 const MAGIC: &[u8; 4] = b"SHM4";
 const PROTOCOL_VERSION: u16 = 2;
@@ -65,15 +68,9 @@ fn type_name(kind: u16) -> String {
     }
 }
 
-/// send(2) of one message; MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE.
+/// send(2) of one message; MSG_NOSIGNAL: a closed peer is EPIPE (the writer is gone), not SIGPIPE.
 fn send_message(socket: RawFd, kind: u16) -> Result<(), Error> {
-    let bytes = encode(kind, 0);
-    let pointer = bytes.as_ptr() as *const libc::c_void;
-    let sent = unsafe { libc::send(socket, pointer, bytes.len(), libc::MSG_NOSIGNAL) };
-    if sent != bytes.len() as isize {
-        return Err(os_error(&format!("send({})", type_name(kind))));
-    }
-    Ok(())
+    common::send_bytes(socket, &encode(kind, 0), &format!("send(fd={}, {})", socket, type_name(kind)))
 }
 
 /// What one recvmsg loop delivered: the message's fields and every descriptor that came with it.
@@ -100,12 +97,8 @@ fn receive_message(socket: RawFd, deadline: Option<Instant>, what: &str) -> Resu
     Ok(Received { kind, length, descriptors })
 }
 
-fn run(options: &Options) -> Result<(), Error> {
-    let socket = common::connect_to_writer(options)?;
-    let fd = socket.as_raw_fd();
-    let writer_pid = common::check_writer(fd, options)?;
-    let deadline = Instant::now() + options.timeout;
-
+/// Asks for the memory and receives it: a MEMORY message with exactly one descriptor.
+fn receive_memory(fd: RawFd, deadline: Instant, options: &Options) -> Result<OwnedFd, Error> {
     send_message(fd, HELLO)?;
     say(options, format!("send(fd={}, HELLO) = 16: asked for the memory", fd));
     let mut got = receive_message(fd, Some(deadline), "the memory")?;
@@ -122,26 +115,11 @@ fn run(options: &Options) -> Result<(), Error> {
     let memory = got.descriptors.pop().expect("one descriptor");
     say(options, format!("recvmsg(fd={}, MSG_CMSG_CLOEXEC) = 16: MEMORY, 1 descriptor (SCM_RIGHTS), no MSG_CTRUNC: \
                           fd {}", fd, memory.as_raw_fd()));
+    Ok(memory)
+}
 
-    let size = common::check_sealed_memfd(memory.as_raw_fd(), HEADER_SIZE, options)?;
-    let mapping = common::map_read_only(memory.as_raw_fd(), size, options)?;
-    drop(memory); // the mapping keeps the memory
-
-    // The header, copied once into locals and validated; only the copies are used.
-    let (magic, version) = (mapping.load_u32(0), mapping.load_u32(4));
-    let capacity = mapping.load_u64(8);
-    let header_pid = mapping.load_u32(36);
-    if magic != HEADER_MAGIC || version != LAYOUT_VERSION {
-        return fail(format!("header refused: magic 0x{:08x} version {}", magic, version));
-    }
-    if capacity == 0 || capacity > size - HEADER_SIZE {
-        return fail(format!("header refused: data capacity {} does not fit in the object's {} bytes", capacity, size));
-    }
-    if header_pid as libc::pid_t != writer_pid {
-        return fail(format!("the header names writer pid {}, but pid {} sent it: refusing it", header_pid, writer_pid));
-    }
-    say(options, format!("header valid: magic=0x{:08x} version={} data_capacity={}", magic, version, capacity));
-
+/// Copies every block to standard output, confirms each, and confirms the end.
+fn copy_stream(fd: RawFd, mapping: &common::Mapping, capacity: u64, options: &Options) -> Result<(), Error> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut buffer = Vec::new();
@@ -171,6 +149,42 @@ fn run(options: &Options) -> Result<(), Error> {
             BLOCK => return fail(format!("block refused: length {} exceeds the data capacity {}", got.length, capacity)),
             other => return fail(format!("refused: unexpected {} message", type_name(other))),
         }
+    }
+}
+
+fn run(options: &Options) -> Result<(), Error> {
+    let socket = common::connect_to_writer(options)?;
+    let fd = socket.as_raw_fd();
+    // Same user, or refused. The pid is the writer's in this reader's pid namespace: for messages.
+    let writer_pid = common::check_writer(fd, options)?;
+    let deadline = Instant::now() + options.timeout;
+
+    let memory = match receive_memory(fd, deadline, options) {
+        Err(Error::PeerClosed(why)) => {
+            common::remove_if_stale(options);
+            return fail(format!("the writer (pid {}) closed the connection without sending the memory: it died, or \
+                                 it is not a writer ({})", writer_pid, why));
+        }
+        other => other?,
+    };
+    // Trust order: seals first, then the size, then what it is; then map.
+    let size = common::check_sealed_memfd(memory.as_raw_fd(), HEADER_SIZE, options)?;
+    let mapping = common::map_read_only(memory.as_raw_fd(), size, options)?;
+    drop(memory); // the mapping keeps the memory
+
+    // The header, copied once and validated; only the copy is used.
+    let header = common::validate_header(&mapping, size)?;
+    let capacity = header.data_capacity;
+    say(options, format!("header valid: magic=0x{:08x} version={} data_capacity={}", header.magic, header.version,
+                         capacity));
+
+    match copy_stream(fd, &mapping, capacity, options) {
+        Err(Error::PeerClosed(why)) => {
+            // A refusal of what arrived is not a death; a closed connection is.
+            common::remove_if_stale(options);
+            fail(format!("the writer (pid {}) died before the end of the stream ({})", writer_pid, why))
+        }
+        other => other,
     }
 }
 
