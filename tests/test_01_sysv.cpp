@@ -68,7 +68,7 @@ void write_file(const std::string& path, const std::string& content) {
 
 /// The test plays the writer, as a faulty or hostile peer would: it makes the key file, the
 /// semaphore set (initialised, "writer alive" held by the test process) and the segment with a
-/// valid header, so that a case can then break one rule at a time. Removes everything at the end.
+/// valid header (the key file's identity in its chapter area), so that a case can then break one rule at a time. Removes everything at the end.
 struct PlayedWriter {
     key_t key = -1;
     int semid = -1;
@@ -93,6 +93,7 @@ struct PlayedWriter {
         void* base = ::shmat(shmid, nullptr, 0);
         REQUIRE(base != reinterpret_cast<void*>(-1));
         header = shmtut::construct_header(base);
+        sysv::store_key_file_identity(*header, sysv::key_file_identity(key_path)); // as the real writer does
         shmtut::publish_header(*header, shmtut::kDefaultDataCapacity, static_cast<std::uint32_t>(::getpid()), 0);
     }
     ~PlayedWriter() {
