@@ -107,6 +107,7 @@ struct KeyFileIdentity {
     std::uint64_t device = 0; ///< st_dev
     std::uint64_t inode = 0;  ///< st_ino
 
+    /// The same file: both numbers equal.
     bool operator==(const KeyFileIdentity&) const = default;
 };
 
