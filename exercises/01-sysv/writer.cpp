@@ -171,10 +171,10 @@ std::optional<sysv::KeyFileIdentity> running_writer_key_file(key_t key) {
 }
 
 /// Our `semget(IPC_CREAT|IPC_EXCL)` found a set under our key. Whose is it? A running writer's
-/// is refused, even with --force; if its header names another key file than ours, the two
-/// files collide in `ftok`, and the user is told so instead of "another --name", since this
-/// writer already has one: --force replaces only what a run that is no longer running
-/// left (crashed, or kept with --keep). Otherwise the user is told the ipcrm command, or, with
+/// is refused, even with --force: --force replaces only what a run that is no longer running
+/// left (crashed, or kept with --keep). If the running writer's header names another key file
+/// than ours, the two files collide in `ftok`, and the message says so: "give this writer
+/// another --name" would be no advice, since it already has another name. Otherwise the user is told the ipcrm command, or, with
 /// --force, the old segment and then the old set are removed: the segment first, while the old
 /// set still holds the key, so that no new writer can have put a segment there meanwhile.
 void replace_stale_objects(const std::string& create_call, key_t key, const sysv::KeyFileIdentity& identity,
@@ -199,9 +199,7 @@ void replace_stale_objects(const std::string& create_call, key_t key, const sysv
                             "in its low 16 bits or that is on another file system; --force never replaces a running "
                             "writer's objects");
         throw_error(EEXIST, create_call,
-                    "a writer is running there (pid " + std::to_string(sysv::semaphore_pid(old_semid, sysv::kWriterAlive)) +
-                        " holds semaphore 0 'writer alive' of set " + std::to_string(old_semid) +
-                        "): start a reader for it, or give this writer another --name; --force replaces only "
+                    running + ": start a reader for it, or give this writer another --name; --force replaces only "
                         "what a writer that is no longer running left (if that writer uses another key file, "
                         "the two collide in ftok: give a key file whose inode differs in its low 16 bits)");
     }
