@@ -18,11 +18,20 @@
 /// 32767, so a writer that posted every block with it would fail with ERANGE after about 2 GiB
 /// of 64 KiB blocks), and they are applied at exit, which would take back the writer's last
 /// post before the reader had read it.
+///
+/// The header's chapter area holds one thing in this chapter, the key file's identity
+/// (KeyFileRecord, at offset 64): `ftok` keeps only 24 bits of the file's device and inode
+/// numbers, so two files can give one key, and only the whole numbers tell the reader whose
+/// segment it found.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <string_view>
 
@@ -32,6 +41,7 @@
 #include <unistd.h>
 
 #include "error.hpp"
+#include "layout.hpp"
 #include "narrate.hpp"
 #include "wait.hpp"
 
@@ -89,6 +99,57 @@ inline void refuse_symbolic_link(const std::string& path) {
     if (S_ISLNK(file.st_mode))
         throw shmtut::Failure(call + ": " + path + " is a symbolic link: refusing to follow it (ftok would take "
                               "the key of whatever it points to); give --name the path of a regular file");
+}
+
+/// A file's identity, whole: what `ftok(3)` reads with `stat(2)` and then cuts down to the low
+/// 8 bits of `st_dev` and the low 16 bits of `st_ino`.
+struct KeyFileIdentity {
+    std::uint64_t device = 0; ///< st_dev
+    std::uint64_t inode = 0;  ///< st_ino
+
+    /// The same file: both numbers equal.
+    bool operator==(const KeyFileIdentity&) const = default;
+};
+
+/// `dev:ino 40:65539`, the numbers `stat -c %d:%i` prints.
+inline std::string identity_text(const KeyFileIdentity& identity) {
+    return "dev:ino " + std::to_string(identity.device) + ":" + std::to_string(identity.inode);
+}
+
+/// The identity of the file at `path`, by `stat(2)`, which follows links as `ftok` does (both
+/// programs have refused a link at the path already).
+inline KeyFileIdentity key_file_identity(const std::string& path) {
+    struct stat file {};
+    if (::stat(path.c_str(), &file) == -1)
+        shmtut::throw_errno("stat(\"" + path + "\")");
+    return {static_cast<std::uint64_t>(file.st_dev), static_cast<std::uint64_t>(file.st_ino)};
+}
+
+/// What chapter 01 keeps in the header's chapter area (offset 64, 16 bytes): the identity of the
+/// key file the writer gave to `ftok`. The writer constructs it before publishing the header
+/// and never changes it; the reader loads it after the magic (acquire), once, and compares it
+/// with its own key file's before it claims the segment. Lock-free atomics, as the header's
+/// rules ask: a peer's later change is then a value read, not undefined behaviour.
+struct KeyFileRecord {
+    std::atomic<std::uint64_t> device; ///< st_dev of the writer's key file (offset 64)
+    std::atomic<std::uint64_t> inode;  ///< st_ino of the writer's key file (offset 72)
+};
+
+static_assert(offsetof(shmtut::SharedHeader, chapter_area) + sizeof(KeyFileRecord) <= shmtut::kHeaderSize);
+static_assert(sizeof(KeyFileRecord) == 16 && alignof(KeyFileRecord) <= 64);
+
+/// The writer: constructs the record in a header not yet published (publish_header() then
+/// stores the magic with release ordering, after it).
+inline void store_key_file_identity(shmtut::SharedHeader& header, const KeyFileIdentity& identity) {
+    auto* record = new (header.chapter_area) KeyFileRecord{};
+    record->device.store(identity.device, std::memory_order_relaxed);
+    record->inode.store(identity.inode, std::memory_order_relaxed);
+}
+
+/// The reader: one local copy of the writer's record, taken after header_ready() (acquire).
+inline KeyFileIdentity load_key_file_identity(const shmtut::SharedHeader& header) {
+    const auto* record = std::launder(reinterpret_cast<const KeyFileRecord*>(header.chapter_area));
+    return {record->device.load(std::memory_order_relaxed), record->inode.load(std::memory_order_relaxed)};
 }
 
 /// The `semun` argument of `semctl(2)`, which the program must define itself.

@@ -25,6 +25,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include <fcntl.h>
@@ -100,8 +101,10 @@ struct OwnedObjects {
 /// and the project id, so every process naming the same file gets the same key. A key file this
 /// writer creates is removed at the end (see also adopt_stale_key_file()). `O_EXCL` never
 /// follows a symbolic link and `O_NOFOLLOW` says so; an existing path is checked with `lstat`
-/// before `ftok`, which would follow one.
-key_t make_key(const Options& options, OwnedObjects& owned, const Narrator& say) {
+/// before `ftok`, which would follow one. `stat(2)` then records the file's whole identity
+/// (`st_dev`, `st_ino`), of which the key keeps only 24 bits: the header carries it, so that a
+/// reader whose different key file happens to give the same key can tell (see protocol.hpp).
+key_t make_key(const Options& options, OwnedObjects& owned, sysv::KeyFileIdentity& identity, const Narrator& say) {
     const std::string& path = options.name;
     const std::string create = "open(\"" + path + "\", O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW, 0600)";
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -127,6 +130,7 @@ key_t make_key(const Options& options, OwnedObjects& owned, const Narrator& say)
     if (key == -1)
         throw_errno(call);
     say.say("%s = %s", call.c_str(), sysv::key_text(key).c_str());
+    identity = sysv::key_file_identity(path);
     return key;
 }
 
@@ -143,12 +147,34 @@ bool owner_alive(int semid) {
     return sysv::semaphore_value(semid, sysv::kWriterAlive) != 0;
 }
 
+/// The key file identity in the header of the segment under `key`, if there is one to look at:
+/// a running writer's segment is found by key until a reader claims it (the writer then marks
+/// it for removal, which hides the key), and its header is ready once it is published.
+std::optional<sysv::KeyFileIdentity> running_writer_key_file(key_t key) {
+    int shmid = ::shmget(key, 0, 0);
+    shmid_ds info{};
+    if (shmid == -1 || ::shmctl(shmid, IPC_STAT, &info) == -1 || info.shm_segsz < kHeaderSize)
+        return std::nullopt;
+    void* base = ::shmat(shmid, nullptr, SHM_RDONLY);
+    if (base == reinterpret_cast<void*>(-1))
+        return std::nullopt;
+    ShmAttachment attachment(base);
+    const auto& header = *static_cast<const SharedHeader*>(base);
+    if (!header_ready(header))
+        return std::nullopt;
+    return sysv::load_key_file_identity(header);
+}
+
 /// Our `semget(IPC_CREAT|IPC_EXCL)` found a set under our key. Whose is it? A running writer's
 /// is refused, even with --force: --force replaces only what a run that is no longer running
-/// left (crashed, or kept with --keep). Otherwise the user is told the ipcrm command, or, with
+/// left (crashed, or kept with --keep). If the running writer's header names another key file
+/// than ours, the two files collide in `ftok`, and the message says so: "give this writer
+/// another --name" would be no advice, since it already has another name. Another user's set
+/// is named with its owner. Otherwise the user is told the ipcrm command, or, with
 /// --force, the old segment and then the old set are removed: the segment first, while the old
 /// set still holds the key, so that no new writer can have put a segment there meanwhile.
-void replace_stale_objects(const std::string& create_call, key_t key, const Options& options, const Narrator& say) {
+void replace_stale_objects(const std::string& create_call, key_t key, const sysv::KeyFileIdentity& identity,
+                           const Options& options, const Narrator& say) {
     const std::string key_text = sysv::key_text(key);
     const std::string lookup = "semget(key=" + key_text + ", 0, 0)";
     int old_semid = ::semget(key, 0, 0);
@@ -164,12 +190,22 @@ void replace_stale_objects(const std::string& create_call, key_t key, const Opti
                     another_users_name("the semaphore set " + std::to_string(old_semid) + " under this key", options.name,
                                        owner));
     const bool force = options.force;
-    if (owner_alive(old_semid))
+    if (owner_alive(old_semid)) {
+        std::string running = "a writer is running there (pid " +
+                              std::to_string(sysv::semaphore_pid(old_semid, sysv::kWriterAlive)) +
+                              " holds semaphore 0 'writer alive' of set " + std::to_string(old_semid) + ")";
+        if (auto other = running_writer_key_file(key); other && *other != identity)
+            throw_error(EEXIST, create_call,
+                        running + " for another key file (" + sysv::identity_text(*other) + ", this one is " +
+                            sysv::identity_text(identity) + "): an ftok collision, since ftok keeps only the low 8 bits "
+                            "of the device and the low 16 bits of the inode; give --name a key file whose inode differs "
+                            "in its low 16 bits or that is on another file system; --force never replaces a running "
+                            "writer's objects");
         throw_error(EEXIST, create_call,
-                    "a writer is running there (pid " + std::to_string(sysv::semaphore_pid(old_semid, sysv::kWriterAlive)) +
-                        " holds semaphore 0 'writer alive' of set " + std::to_string(old_semid) +
-                        "): start a reader for it, or give this writer another --name; --force replaces only "
-                        "what a writer that is no longer running left");
+                    running + ": start a reader for it, or give this writer another --name; --force replaces only "
+                        "what a writer that is no longer running left (if that writer uses another key file, "
+                        "the two collide in ftok: give a key file whose inode differs in its low 16 bits)");
+    }
     if (!force)
         throw_error(EEXIST, create_call,
                     "objects that an earlier run left (it crashed, or kept them with --keep) use this key; "
@@ -186,11 +222,12 @@ void replace_stale_objects(const std::string& create_call, key_t key, const Opti
 /// first (`semget`, then `sem_otime != 0` says initialised) and only then looks for the
 /// segment, so it can tell a dead writer from a slow one while it waits; and a segment found
 /// without a set beside it is always stale (see create_segment()).
-int create_semaphores(key_t key, const Options& options, OwnedObjects& owned, const Narrator& say) {
+int create_semaphores(key_t key, const sysv::KeyFileIdentity& identity, const Options& options, OwnedObjects& owned,
+                      const Narrator& say) {
     const std::string call = "semget(key=" + sysv::key_text(key) + ", nsems=5, IPC_CREAT|IPC_EXCL|0600)";
     int semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     if (semid == -1 && errno == EEXIST) {
-        replace_stale_objects(call, key, options, say);
+        replace_stale_objects(call, key, identity, options, say);
         semid = ::semget(key, sysv::kSemaphoreCount, IPC_CREAT | IPC_EXCL | 0600);
     }
     if (semid == -1)
@@ -231,7 +268,8 @@ void adopt_stale_key_file(const Options& options, OwnedObjects& owned) {
 /// Creates the segment the reader looks for, attaches it and publishes an empty header.
 /// A segment already under our key has no set beside it (we created the set exclusively, and a
 /// writer always creates its set first), so no running writer owns it: it is stale.
-ShmAttachment create_segment(key_t key, bool force, OwnedObjects& owned, const Narrator& say) {
+ShmAttachment create_segment(key_t key, const sysv::KeyFileIdentity& identity, bool force, OwnedObjects& owned,
+                             const Narrator& say) {
     const std::size_t size = kHeaderSize + kDefaultDataCapacity;
     const std::string key_text = sysv::key_text(key);
     const std::string call = "shmget(key=" + key_text + ", size=" + std::to_string(size) + ", IPC_CREAT|IPC_EXCL|0600)";
@@ -260,7 +298,9 @@ ShmAttachment create_segment(key_t key, bool force, OwnedObjects& owned, const N
 
     // A new segment is zero-filled, so the header reads "not ready" until publish_header()
     // stores the magic, last, with release ordering.
+    // The key file's identity goes into the chapter area first, so the magic publishes it too.
     SharedHeader* header = construct_header(base);
+    sysv::store_key_file_identity(*header, identity);
     publish_header(*header, kDefaultDataCapacity, static_cast<std::uint32_t>(::getpid()), 0);
     say.say("header published: magic=0x%08x version=%u data_capacity=%zu", kHeaderMagic, kLayoutVersion,
             kDefaultDataCapacity);
@@ -375,9 +415,10 @@ int run(const Options& options) {
     install_stop_handlers();
     OwnedObjects owned(say);
 
-    key_t key = make_key(options, owned, say);
-    int semid = create_semaphores(key, options, owned, say);
-    ShmAttachment segment = create_segment(key, options.force, owned, say);
+    sysv::KeyFileIdentity identity;
+    key_t key = make_key(options, owned, identity, say);
+    int semid = create_semaphores(key, identity, options, owned, say);
+    ShmAttachment segment = create_segment(key, identity, options.force, owned, say);
     adopt_stale_key_file(options, owned);
     auto& header = *static_cast<SharedHeader*>(segment.get());
     Input input(options.operands);

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <fcntl.h>
@@ -67,7 +68,7 @@ void write_file(const std::string& path, const std::string& content) {
 
 /// The test plays the writer, as a faulty or hostile peer would: it makes the key file, the
 /// semaphore set (initialised, "writer alive" held by the test process) and the segment with a
-/// valid header, so that a case can then break one rule at a time. Removes everything at the end.
+/// valid header (the key file's identity in its chapter area), so that a case can then break one rule at a time. Removes everything at the end.
 struct PlayedWriter {
     key_t key = -1;
     int semid = -1;
@@ -92,6 +93,7 @@ struct PlayedWriter {
         void* base = ::shmat(shmid, nullptr, 0);
         REQUIRE(base != reinterpret_cast<void*>(-1));
         header = shmtut::construct_header(base);
+        sysv::store_key_file_identity(*header, sysv::key_file_identity(key_path)); // as the real writer does
         shmtut::publish_header(*header, shmtut::kDefaultDataCapacity, static_cast<std::uint32_t>(::getpid()), 0);
     }
     ~PlayedWriter() {
@@ -412,6 +414,86 @@ TEST_CASE("01: a second writer on the name of a running writer is refused, with 
         CHECK(reader.exit_code() == 0);
         CHECK(first.exit_code() == 0);
     }
+    require_nothing_left(leaks, chapter);
+}
+
+/// Two files of `dir` that give one ftok key, made by creating empty files until two do: ftok
+/// keeps the low 16 bits of the inode and files in one directory share a device, so at most
+/// 65537 files are needed (in a new tmpfs, inodes 3 and 65539). The others are removed at once.
+/// Empty when the file system gives no collision within that many (the caller skips).
+std::vector<std::string> colliding_key_files(const TempDir& dir) {
+    std::unordered_map<key_t, std::string> by_key;
+    std::vector<std::string> pair;
+    for (int i = 0; i <= 65536 && pair.empty(); ++i) {
+        std::string path = dir.file("k" + std::to_string(i));
+        int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd == -1)
+            break;
+        ::close(fd);
+        key_t key = ::ftok(path.c_str(), sysv::kProjectId);
+        if (key == -1)
+            break;
+        if (auto [first, inserted] = by_key.emplace(key, path); !inserted)
+            pair = {first->second, path};
+    }
+    for (const auto& [key, path] : by_key)
+        if (pair.empty() || path != pair[0])
+            ::unlink(path.c_str());
+    return pair;
+}
+
+TEST_CASE("01: two key files that collide in ftok: the reader of the second refuses the first's segment", "[01]") {
+    LeakCheck leaks;
+    Chapter01 chapter;
+    std::vector<std::string> files = colliding_key_files(chapter.dir);
+    if (files.empty())
+        SKIP_TEST("no two files of " + chapter.dir.path() + " gave one ftok key within 65537 files");
+    const std::string first_file = files[0];
+    const std::string second_file = files[1];
+    leaks.watch_path(first_file);
+    leaks.watch_path(second_file);
+    struct stat first_stat {};
+    REQUIRE(::stat(first_file.c_str(), &first_stat) == 0);
+    const std::string first_identity =
+        "dev:ino " + std::to_string(first_stat.st_dev) + ":" + std::to_string(first_stat.st_ino);
+    INFO(first_file << " and " << second_file << " give the key "
+                    << sysv::key_text(::ftok(first_file.c_str(), sysv::kProjectId)));
+    {
+        ProcessGroup group;
+        Process& first = group.start("writer 1",
+                                     command("01-sysv/writer", {"--name", first_file}, "60", {"for the first reader"}));
+        group.wait_for_stderr(first, "waiting up to 60 s for a reader");
+
+        // The second writer's IPC_EXCL fails; it says why: a collision, not a second run.
+        Process& second = group.start("writer 2", command("01-sysv/writer", {"--name", second_file}, "5", {"lost"}));
+        group.wait(second);
+        INFO("second writer stderr:\n" << second.err);
+        CHECK(second.exit_code() == 1);
+        CHECK_THAT(second.last_error_line(), contains("for another key file (" + first_identity + ", this one is"));
+        CHECK_THAT(second.last_error_line(), contains("an ftok collision"));
+        CHECK_THAT(second.last_error_line(), !contains("give this writer another --name"));
+
+        // A reader of the second file finds the first writer's objects by key, and refuses them
+        // before it claims anything: nothing reaches its standard output.
+        Process& stray = group.start("reader 2", command("01-sysv/reader", {"--name", second_file}, "10"));
+        group.wait(stray);
+        INFO("reader of the second file stderr:\n" << stray.err);
+        CHECK(stray.exit_code() == 1);
+        CHECK(stray.out.empty());
+        CHECK_THAT(stray.last_error_line(), contains("belongs to another key file (" + first_identity + ")"));
+        CHECK_THAT(stray.last_error_line(), contains("an ftok collision"));
+        REQUIRE_FALSE(first.wait_status.has_value()); // writer 1 still waits, its segment unclaimed
+
+        Process& reader = group.start("reader 1", command("01-sysv/reader", {"--name", first_file}, "10"));
+        group.wait(reader);
+        group.wait(first);
+        INFO("reader 1 stderr:\n" << reader.err << "writer 1 stderr:\n" << first.err);
+        CHECK(reader.out == "for the first reader\n");
+        CHECK(reader.exit_code() == 0);
+        CHECK(first.exit_code() == 0);
+    }
+    CHECK(::unlink(first_file.c_str()) == 0); // the test's files: the programs never remove them
+    CHECK(::unlink(second_file.c_str()) == 0);
     require_nothing_left(leaks, chapter);
 }
 

@@ -70,6 +70,7 @@ const char* const kStartWriter = "is the writer running? start it first";
 /// What the reader knows of the writer's objects, as it finds them.
 struct WriterObjects {
     std::string key_file;
+    sysv::KeyFileIdentity key_file_identity; ///< st_dev and st_ino of key_file, whole
     key_t key = -1;
     int semid = -1;
     int shmid = -1;
@@ -166,6 +167,9 @@ WriterObjects find_writer(const Options& options, const Deadline& deadline, cons
         throw_if_stopped();
     }
     say.say("%s = %s", make_key.c_str(), sysv::key_text(writer.key).c_str());
+    // The key keeps 24 bits of the file's identity; the whole of it is compared with what the
+    // writer recorded in the header (step 4, in attach_and_validate()).
+    writer.key_file_identity = sysv::key_file_identity(options.name);
     const std::string key_text = sysv::key_text(writer.key);
 
     // 2. The semaphore set, initialised: semget() succeeds as soon as the writer created it,
@@ -229,8 +233,21 @@ WriterObjects find_writer(const Options& options, const Deadline& deadline, cons
     return writer;
 }
 
+/// Two different files gave one key: the segment found is another writer's. Refused before the
+/// claim, so that writer keeps its segment for its own reader.
+[[noreturn]] void ftok_collision(const WriterObjects& writer, const sysv::KeyFileIdentity& recorded) {
+    throw Failure("segment " + std::to_string(writer.shmid) + " refused: it belongs to another key file (" +
+                  sysv::identity_text(recorded) + "), not to " + writer.key_file + " (" +
+                  sysv::identity_text(writer.key_file_identity) + "): an ftok collision, both give the key " +
+                  sysv::key_text(writer.key) + " since ftok keeps only the low 8 bits of the device and the low 16 "
+                  "bits of the inode; give the writer and the reader a key file whose inode differs in its low 16 "
+                  "bits or that is on another file system");
+}
+
 /// Attaches read-only and validates a local copy of the header against the segment's real size,
-/// which comes from the kernel (IPC_STAT), never from the header.
+/// which comes from the kernel (IPC_STAT), never from the header, then checks that the segment
+/// is the one of this reader's key file: the writer recorded its key file's identity in the
+/// header's chapter area (see protocol.hpp).
 ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadline, std::uint64_t& capacity,
                                   const Narrator& say) {
     const std::string stat = "shmctl(shmid=" + std::to_string(writer.shmid) + ", IPC_STAT)";
@@ -264,6 +281,9 @@ ShmAttachment attach_and_validate(WriterObjects& writer, const Deadline& deadlin
     }
     HeaderSnapshot snapshot = take_snapshot(header); // one copy; validated, then used
     validate_header(snapshot, info.shm_segsz);
+    sysv::KeyFileIdentity recorded = sysv::load_key_file_identity(header); // after the magic: one copy
+    if (recorded != writer.key_file_identity)
+        ftok_collision(writer, recorded);
     capacity = snapshot.data_capacity;
     say.say("header valid: magic=0x%08x version=%u data_capacity=%llu writer_pid=%u", snapshot.magic,
             snapshot.version, static_cast<unsigned long long>(capacity), snapshot.writer_pid);
