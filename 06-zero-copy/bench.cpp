@@ -1369,14 +1369,15 @@ std::vector<std::uint64_t> csv_sizes(const std::string& path) {
 
 /// Draws the three plots with gnuplot, if it is installed: each from its CSV file, and only
 /// where that file has a row (with --filter a group may not have run: its plot is removed, not
-/// left over from an earlier run beside this run's tables).
-void draw_plots() {
+/// left over from an earlier run beside this run's tables). Returns false when gnuplot is missing
+/// or failed, so that --replot, which does nothing else, can exit 1 then.
+bool draw_plots() {
     const std::string& dir = g_settings.out_dir;
     if (!g_settings.plots)
-        return;
+        return true;
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
         std::fprintf(stderr, "bench: gnuplot is not installed (Debian: gnuplot-nox): no plots\n");
-        return;
+        return false;
     }
     // Sizes on the x axes as people say them.
     auto size_tics = [](const std::vector<std::uint64_t>& sizes) {
@@ -1453,19 +1454,20 @@ void draw_plots() {
         skip("handle.png");
     }
     if (drawn.empty())
-        return;
+        return true;
     FILE* gnuplot = ::popen("gnuplot", "w");
     if (gnuplot == nullptr)
         fail("popen(gnuplot)");
     std::fputs(script.c_str(), gnuplot);
     if (::pclose(gnuplot) != 0) {
         std::fprintf(stderr, "bench: gnuplot failed\n");
-        return;
+        return false;
     }
     std::string names;
     for (const std::string& plot : drawn)
         names += (names.empty() ? "" : ", ") + plot;
     std::fprintf(stderr, "bench: plots: %s/%s\n", dir.c_str(), names.c_str());
+    return true;
 }
 
 /// --replot: the crossovers of an earlier run, from its crossover.csv, for draw_plots.
@@ -1556,9 +1558,21 @@ int run(int argc, char** argv) {
         s.message_sizes = {4096, 65536, 1 << 20};
     }
     if (replot) {
+        // Nothing to draw from is an error, not a quiet success: a mistyped --out would otherwise
+        // exit 0 having drawn nothing (and --no-plots would leave --replot nothing to do).
+        const std::string& dir = s.out_dir;
+        if (!s.plots) {
+            std::fprintf(stderr, "bench: --replot draws plots only; --no-plots leaves it nothing to do\n");
+            return 2;
+        }
+        if (csv_rows(dir + "/latency.csv") + csv_rows(dir + "/throughput.csv") + csv_rows(dir + "/handle.csv") == 0) {
+            std::fprintf(stderr, "bench: no run to replot in %s: latency.csv, throughput.csv and handle.csv are "
+                                 "missing or empty (run bench --out %s first)\n",
+                         dir.c_str(), dir.c_str());
+            return 1;
+        }
         read_crossovers();
-        draw_plots();
-        return 0;
+        return draw_plots() ? 0 : 1;
     }
     if (::mkdir(s.out_dir.c_str(), 0755) == -1 && errno != EEXIST)
         fail("mkdir(" + s.out_dir + ")");

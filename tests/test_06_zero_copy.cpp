@@ -705,3 +705,27 @@ TEST_CASE("06 bench --filter: progress counts only the selected runs, and no tab
     }
     check_nothing_left(leaks);
 }
+
+TEST_CASE("06 bench --replot: a folder without a run's CSV files is an error, not a quiet success", "[06][bench]") {
+    const std::string bench = binary("06-zero-copy/bench");
+    if (::access(bench.c_str(), X_OK) != 0)
+        SKIP_TEST("the benchmark is not built: Debian's libbenchmark-dev is missing (make bench installs it)");
+    TempDir out; // empty: a mistyped --out, or bench never run there
+    {
+        ProcessGroup group(std::chrono::seconds(60));
+        Process& replot = group.start("bench --replot", {bench, "--replot", "--out", out.path()});
+        group.wait(replot);
+        INFO("bench stderr:\n" << replot.err);
+        CHECK(replot.exit_code() == 1);
+        CHECK_THAT(replot.err, contains("no run to replot in " + out.path()));
+        CHECK(replot.out.empty());
+    }
+    {
+        ProcessGroup group(std::chrono::seconds(60));
+        Process& replot = group.start("bench --replot --no-plots", {bench, "--replot", "--no-plots", "--out", out.path()});
+        group.wait(replot);
+        INFO("bench stderr:\n" << replot.err);
+        CHECK(replot.exit_code() == 2);
+    }
+    CHECK(out.entries().empty()); // nothing drawn, nothing written
+}
