@@ -127,7 +127,7 @@ struct WriterObjects {
 /// Says once that the reader is waiting, the first time something is not there yet.
 void narrate_waiting(bool& said, const Deadline& deadline, const Narrator& say) {
     if (!said)
-        say.say("waiting up to %s for a writer: start build/01-sysv/writer", seconds_text(deadline.seconds()).c_str());
+        say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
     said = true;
 }
 

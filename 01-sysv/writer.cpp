@@ -310,7 +310,7 @@ ShmAttachment create_segment(key_t key, const sysv::KeyFileIdentity& identity, b
 /// Waits, bounded by --timeout, until a reader has taken the reader slot: `sem_op = 0` waits
 /// for the semaphore to become zero.
 void wait_for_reader(int semid, const Options& options, const Narrator& say) {
-    say.say("waiting up to %g s for a reader: start build/01-sysv/reader%s%s", options.timeout_seconds,
+    say.say("waiting up to %g s for a reader: start %s%s%s", options.timeout_seconds, sibling_program("reader").c_str(),
             options.name == sysv::kDefaultKeyPath ? "" : " --name ",
             options.name == sysv::kDefaultKeyPath ? "" : options.name.c_str());
     const std::string call = "semtimedop(semid=" + std::to_string(semid) + ", {sem 1 'reader slot' wait for 0})";

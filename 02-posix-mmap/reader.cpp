@@ -187,8 +187,8 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
     bool said_waiting = false;
     auto wait_a_little = [&] {
         if (!said_waiting)
-            say.say("waiting up to %s for a writer: start build/02-posix-mmap/writer",
-                    seconds_text(deadline.seconds()).c_str());
+            say.say("waiting up to %s for a writer: start %s",
+                    seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
         said_waiting = true;
         pause_briefly();
         throw_if_stopped();

@@ -255,8 +255,8 @@ void wait_for_reader(posix::HandOff& hand_off, int fd, const Options& options, c
                      const Narrator& say) {
     std::string how = target.is_file ? " --file " + target.path
                                      : (target.path == posix::kDefaultName ? "" : " --name " + target.path);
-    say.say("waiting up to %s for a reader: start build/02-posix-mmap/reader%s",
-            seconds_text(options.timeout_seconds).c_str(), how.c_str());
+    say.say("waiting up to %s for a reader: start %s%s",
+            seconds_text(options.timeout_seconds).c_str(), sibling_program("reader").c_str(), how.c_str());
     Deadline deadline(options.timeout_seconds);
     if (posix::wait_post(&hand_off.claimed, nullptr, &deadline, "claimed") != posix::Waited::kYes)
         throw Failure("no reader claimed the object within " + seconds_text(options.timeout_seconds) +

@@ -285,7 +285,7 @@ int run_stream(const Options& options, const HandoverMode& mode, const Narrator&
         spawned_alive = [&child_pidfd] { return !process_exited(child_pidfd); };
     } else {
         say.say("waiting up to %s for a reader; in another terminal run:", seconds_text(options.timeout_seconds).c_str());
-        say.say("    build/03-memfd/reader --pid %d --fd %d", ::getpid(), fd.get());
+        say.say("    %s --pid %d --fd %d", sibling_program("reader").c_str(), ::getpid(), fd.get());
     }
     memfd::Waited claimed = memfd::wait_until(sync.reader_pid, [](std::uint32_t pid) { return pid != 0; },
                                               spawned_alive, &claim_deadline);

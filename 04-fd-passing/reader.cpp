@@ -110,7 +110,7 @@ UniqueFd connect_to_writer(const std::string& name, const Deadline& deadline, co
                                         : "nothing listened within " + seconds_text(deadline.seconds()) +
                                               ": is the writer running? start it first");
         if (!said_waiting)
-            say.say("waiting up to %s for a writer: start build/04-fd-passing/writer", seconds_text(deadline.seconds()).c_str());
+            say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
         said_waiting = true;
         pause_briefly(std::chrono::milliseconds(50));
         throw_if_stopped();

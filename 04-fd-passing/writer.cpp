@@ -305,8 +305,8 @@ private:
 /// and listening to every client meanwhile.
 UniqueFd wait_for_reader(int listener, Callers& callers, const Options& options, const Narrator& say) {
     const bool default_name = options.name == handoff::kDefaultName;
-    say.say("waiting up to %s for a reader: start build/04-fd-passing/reader%s%s",
-            seconds_text(options.timeout_seconds).c_str(), default_name ? "" : " --name ",
+    say.say("waiting up to %s for a reader: start %s%s%s",
+            seconds_text(options.timeout_seconds).c_str(), sibling_program("reader").c_str(), default_name ? "" : " --name ",
             default_name ? "" : options.name.c_str());
     Deadline deadline(options.timeout_seconds);
     for (;;) {

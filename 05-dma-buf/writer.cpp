@@ -201,7 +201,7 @@ int run(const Options& options, bool use_udmabuf) {
         return problem.empty() ? problem : "sent a first message that is not HELLO: " + problem;
     });
     const bool default_name = options.name == dmabuf::kDefaultName;
-    say.say("waiting up to %s for a reader: start build/05-dma-buf/reader%s%s", seconds_text(options.timeout_seconds).c_str(),
+    say.say("waiting up to %s for a reader: start %s%s%s", seconds_text(options.timeout_seconds).c_str(), sibling_program("reader").c_str(),
             default_name ? "" : " --name ", default_name ? "" : options.name.c_str());
     UniqueFd reader = wait_for_asking_client(listener.get(), callers, Deadline(options.timeout_seconds));
     if (!reader)

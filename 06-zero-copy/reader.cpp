@@ -183,7 +183,7 @@ int run(const Options& options) {
     Deadline deadline(options.timeout_seconds);
 
     UniqueFd connection = connect_unix(options.name, deadline, "is the writer running? start it first", [&] {
-        say.say("waiting up to %s for a writer: start build/06-zero-copy/writer", seconds_text(deadline.seconds()).c_str());
+        say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
     });
     say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", connection.get(),
             options.name.c_str());

@@ -268,8 +268,8 @@ int run(const Options& options, const PoolShape& shape) {
         return ask.magic == pool::kMagic && ask.type == pool::kAsk ? std::string() : std::string("did not send ASK");
     });
     const bool default_name = options.name == pool::kDefaultName;
-    say.say("waiting up to %s for a reader: start build/06-zero-copy/reader%s%s",
-            seconds_text(options.timeout_seconds).c_str(), default_name ? "" : " --name ",
+    say.say("waiting up to %s for a reader: start %s%s%s",
+            seconds_text(options.timeout_seconds).c_str(), sibling_program("reader").c_str(), default_name ? "" : " --name ",
             default_name ? "" : options.name.c_str());
     UniqueFd connection = wait_for_asking_client(listener.get(), callers, Deadline(options.timeout_seconds));
     if (!connection)

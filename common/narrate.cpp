@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <string>
 
 #include <unistd.h>
 
@@ -32,6 +33,17 @@ void Narrator::say(const char* format, ...) const {
     int saved_errno = errno;
     [[maybe_unused]] ssize_t written = ::write(STDERR_FILENO, line, length);
     errno = saved_errno;
+}
+
+std::string sibling_program(const char* program) {
+    std::string self = program_invocation_name != nullptr ? program_invocation_name : "";
+    if (self.find('/') == std::string::npos) {
+        char target[4096];
+        ssize_t n = ::readlink("/proc/self/exe", target, sizeof target - 1); // found through PATH
+        self = n > 0 ? std::string(target, static_cast<std::size_t>(n)) : "";
+    }
+    std::string::size_type slash = self.rfind('/');
+    return slash == std::string::npos ? std::string(program) : self.substr(0, slash + 1) + program;
 }
 
 } // namespace shmtut

@@ -8,6 +8,8 @@
 /// run_main().
 #pragma once
 
+#include <string>
+
 namespace shmtut {
 
 /// Prints narration lines for one program role; silent when quiet.
@@ -29,5 +31,13 @@ private:
     const char* role_;
     bool quiet_;
 };
+
+/// The path to start `program`, another program of this chapter, by, as this one was started: the
+/// folder of `argv[0]` (glibc keeps it as program_invocation_name, man 3 program_invocation_name)
+/// and `program`. Started as build/05-dma-buf/writer it is "build/05-dma-buf/reader"; in chapter
+/// 05's VM, started as 05-dma-buf/writer, "05-dma-buf/reader". Started through PATH (no slash in
+/// argv[0]) it is the folder of /proc/self/exe, an absolute path. Hints use it so that the
+/// command they show exists wherever the programs are.
+std::string sibling_program(const char* program);
 
 } // namespace shmtut

@@ -851,3 +851,11 @@ std::string emulator_cannot_show_addresses() {
 }
 
 } // namespace testsupport
+
+namespace testsupport {
+void wait_for_waiter(ProcessGroup& group, Process& waiter, const Process& peer) {
+    if (peer.wait_status && (peer.exit_code() != 0 || peer.killed_by() != 0))
+        group.signal(waiter, SIGTERM);
+    group.wait(waiter);
+}
+} // namespace testsupport

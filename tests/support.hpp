@@ -303,3 +303,12 @@ std::string emulator_cannot_show_addresses();
         ::testsupport::record_skip(reason);    \
         return;                                \
     } while (0)
+
+namespace testsupport {
+/// Waits for `waiter`, a program that waits for `peer` (a writer waiting for its reader's "done"):
+/// when `peer` has already failed (exited non-zero or was killed), nothing will ever wake
+/// `waiter`, which would hold the test until the group's hard limit; it is sent SIGTERM instead,
+/// and the test goes on at once to report both. Never makes a failing run pass: a waiter stopped
+/// this way was killed, and the peer's failure is still there to check.
+void wait_for_waiter(ProcessGroup& group, Process& waiter, const Process& peer);
+} // namespace testsupport

@@ -132,7 +132,7 @@ struct WriterObjects {
 /// Says once that the reader is waiting, the first time something is not there yet.
 void narrate_waiting(bool& said, const Deadline& deadline, const Narrator& say) {
     if (!said)
-        say.say("waiting up to %s for a writer: start build/01-sysv/writer", seconds_text(deadline.seconds()).c_str());
+        say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
     said = true;
 }
 
@@ -302,6 +302,8 @@ void claim(const WriterObjects& writer, const Narrator& say) {
     //   - sysv::kReaderAlive, +1, SEM_UNDO: the "reader alive" token, which the kernel takes
     //     back when this process dies, however it dies: that is how the writer notices.
     // Any other failure: throw_errno(call).
+    // Then delete the placeholder line below: until then the program stops here, at once.
+    throw Failure("TODO(exercise 3): one semop: take the reader slot (IPC_NOWAIT) and the reader-alive token (SEM_UNDO)"); // placeholder
     say.say("%s = 0: claimed", call.c_str());
 }
 

@@ -315,7 +315,7 @@ ShmAttachment create_segment(key_t key, const sysv::KeyFileIdentity& identity, b
 /// Waits, bounded by --timeout, until a reader has taken the reader slot: `sem_op = 0` waits
 /// for the semaphore to become zero.
 void wait_for_reader(int semid, const Options& options, const Narrator& say) {
-    say.say("waiting up to %g s for a reader: start build/01-sysv/reader%s%s", options.timeout_seconds,
+    say.say("waiting up to %g s for a reader: start %s%s%s", options.timeout_seconds, sibling_program("reader").c_str(),
             options.name == sysv::kDefaultKeyPath ? "" : " --name ",
             options.name == sysv::kDefaultKeyPath ? "" : options.name.c_str());
     const std::string call = "semtimedop(semid=" + std::to_string(semid) + ", {sem 1 'reader slot' wait for 0})";
@@ -353,6 +353,8 @@ void mark_segment_for_removal(OwnedObjects& owned, const Narrator& say) {
     // owned.shmid (buf nullptr); on failure throw_errno(remove). Both processes are attached,
     // so it stays until both detach, but from here no crash can leave it behind: the kernel
     // frees it with the last detach. (man 2 shmctl, IPC_RMID.)
+    // Then delete the placeholder line below: until then the program stops here, at once.
+    throw Failure("TODO(exercise 4): shmctl(IPC_RMID)"); // placeholder
     say.say("%s = 0: marked for removal; freed when both have detached", remove.c_str());
     owned.shmid = -1;
 }

@@ -157,6 +157,8 @@ void guard_mapping(void* base, std::size_t length, int fd, const Narrator& say) 
     // address, to tell a fault in this mapping from any other), an empty sa_mask. On failure
     // throw_errno(call). Without it, an object shrunk under the reader kills it with SIGBUS at
     // its next access (man 7 signal, man 2 mmap: SIGBUS; man 2 sigaction).
+    // Then delete the placeholder line below: until then the program stops here, at once.
+    throw Failure("TODO(exercise 3): sigaction(SIGBUS) with on_sigbus"); // placeholder
     say.say("%s = 0: a fault inside the mapping is recovered, not fatal", call.c_str());
     const std::string abort_call = "sigaction(SIGABRT, {on_sigabrt})";
     struct sigaction abort_action {};
@@ -191,8 +193,8 @@ OpenedObject open_object(const posix::ObjectLocation& target, const Deadline& de
     bool said_waiting = false;
     auto wait_a_little = [&] {
         if (!said_waiting)
-            say.say("waiting up to %s for a writer: start build/02-posix-mmap/writer",
-                    seconds_text(deadline.seconds()).c_str());
+            say.say("waiting up to %s for a writer: start %s",
+                    seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
         said_waiting = true;
         pause_briefly();
         throw_if_stopped();

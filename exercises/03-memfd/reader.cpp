@@ -169,14 +169,21 @@ std::uint64_t check_descriptor(int fd, bool snapshot, const Narrator& say) {
     const std::string get_seals = "fcntl(fd=" + std::to_string(fd) + ", F_GET_SEALS)";
     // TODO(exercise 3): ask the kernel which seals the descriptor carries, and refuse it unless
     // they include `required` (man 2 fcntl, "File Sealing"; man 2 memfd_create):
-    //   - seals = fcntl(fd, F_GET_SEALS);
-    //   - -1 means a file that cannot carry seals (EINVAL: a pipe, a socket, a plain file):
-    //     throw_errno(get_seals, "a file that cannot be sealed, not a memfd: refusing it");
-    //   - seals without every bit of `required`: refuse with exactly
-    //     throw Failure(name + " has seals " + seals_text(seals) + ", needs " + seals_text(required) + ": refusing it");
+    //   1. int seals = ::fcntl(fd, F_GET_SEALS);
+    //   2. -1 with errno EINVAL means a file that cannot carry seals. Say what it is instead when
+    //      it is not a regular file (a pipe, a socket, a directory): struct stat kind {}; if
+    //      ::fstat(fd, &kind) == 0 and !S_ISREG(kind.st_mode), refuse it with exactly
+    //        throw Failure(name + " is not a regular file (a pipe, a socket, a directory?): refusing it");
+    //      (fstat(2), man 7 inode: S_ISREG).
+    //   3. any other -1 (a regular file that cannot be sealed, or another errno):
+    //        throw_errno(get_seals, "a file that cannot be sealed, not a memfd: refusing it");
+    //   4. seals without every bit of `required`: refuse with exactly
+    //        throw Failure(name + " has seals " + seals_text(seals) + ", needs " + seals_text(required) + ": refusing it");
     // Why first: until F_SEAL_SHRINK|F_SEAL_GROW are in place the sender can still shrink the
     // file, so the size fstat reports below could be stale by the time we map it.
-    int seals = required; // placeholder: pretends the seals are there; replace it
+    // Then replace the placeholder lines below.
+    int seals = required; // placeholder
+    throw Failure("TODO(exercise 3): F_GET_SEALS, and refuse what is not a sealed memfd"); // placeholder
     say.say("%s = %s", get_seals.c_str(), seals_text(seals).c_str());
 
     // 2. Then the size, which the seals have just frozen: at least a header.

@@ -124,6 +124,8 @@ void add_seals(int fd, int seals, const Narrator& say) {
     // TODO(exercise 4): add `seals` to the memfd with fcntl(2) F_ADD_SEALS; on failure
     // throw_errno(add_call). Each seal binds every holder, this writer included, for good: the
     // reader checks them (exercise 3) and refuses a memfd without them. (man 2 fcntl, "File Sealing".)
+    // Then delete the placeholder line below: until then the program stops here, at once.
+    throw Failure("TODO(exercise 4): fcntl(F_ADD_SEALS)"); // placeholder
     const std::string get_call = "fcntl(fd=" + std::to_string(fd) + ", F_GET_SEALS)";
     int now = ::fcntl(fd, F_GET_SEALS);
     if (now == -1)
@@ -291,7 +293,7 @@ int run_stream(const Options& options, const HandoverMode& mode, const Narrator&
         spawned_alive = [&child_pidfd] { return !process_exited(child_pidfd); };
     } else {
         say.say("waiting up to %s for a reader; in another terminal run:", seconds_text(options.timeout_seconds).c_str());
-        say.say("    build/03-memfd/reader --pid %d --fd %d", ::getpid(), fd.get());
+        say.say("    %s --pid %d --fd %d", sibling_program("reader").c_str(), ::getpid(), fd.get());
     }
     memfd::Waited claimed = memfd::wait_until(sync.reader_pid, [](std::uint32_t pid) { return pid != 0; },
                                               spawned_alive, &claim_deadline);

@@ -115,7 +115,7 @@ UniqueFd connect_to_writer(const std::string& name, const Deadline& deadline, co
                                         : "nothing listened within " + seconds_text(deadline.seconds()) +
                                               ": is the writer running? start it first");
         if (!said_waiting)
-            say.say("waiting up to %s for a writer: start build/04-fd-passing/writer", seconds_text(deadline.seconds()).c_str());
+            say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
         said_waiting = true;
         pause_briefly(std::chrono::milliseconds(50));
         throw_if_stopped();
@@ -226,6 +226,8 @@ Received receive_message(int connection, const Deadline* deadline, const char* w
         //                 "this process is at its RLIMIT_NOFILE, ulimit -n); closed the " +
         //                 std::to_string(got.descriptors.size()) + " that arrived");
         // (got.descriptors owns what did arrive: throwing closes them.)
+        // Then delete the placeholder line below: until then the program stops here, at once.
+        throw Failure("TODO(exercise 3): refuse a message with MSG_CTRUNC"); // placeholder
         if (have > 0 && got.descriptors.size() != before)
             throw Failure(std::string("refused ") + what + ": a descriptor came with a later piece of it; closed it");
         have += static_cast<std::size_t>(n);

@@ -69,6 +69,8 @@ std::uint64_t check_dmabuf(int fd, const Narrator& say) {
     //                    ", not DMA_BUF_MAGIC 0x444d4142): refusing it");
     // Why not just try DMA_BUF_IOCTL_SYNC and see? ioctl numbers belong to each driver: asking
     // an unknown file an ioctl proves nothing, and may do something.
+    // Then delete the placeholder line below: until then the program stops here, at once.
+    throw Failure("TODO(exercise 3): fstatfs, refuse what is not DMA_BUF_MAGIC"); // placeholder
     const std::string seek_call = "lseek(fd=" + std::to_string(fd) + ", 0, SEEK_END)";
     off_t size = ::lseek(fd, 0, SEEK_END);
     if (size == -1)
@@ -93,7 +95,7 @@ int run(const Options& options) {
     Deadline deadline(options.timeout_seconds);
 
     UniqueFd connection = connect_unix(options.name, deadline, "is the writer running? start it first", [&] {
-        say.say("waiting up to %s for a writer: start build/05-dma-buf/writer", seconds_text(deadline.seconds()).c_str());
+        say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
     });
     say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", connection.get(),
             options.name.c_str());

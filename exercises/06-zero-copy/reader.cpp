@@ -156,6 +156,8 @@ public:
         //     still holds (it would overwrite bytes being read)";
         //   - message.length == 0 or > shape_.slot_size: "refused: the writer says slot N holds L
         //     bytes; a slot holds 1 to S".
+        // Then delete the placeholder line below: until then the program stops here, at once.
+        throw Failure("TODO(exercise 3): check the slot index and length"); // placeholder
         held_[message.slot] = true;
         queue_.push_back(message);
         if (queue_.size() > most_held_)
@@ -187,7 +189,7 @@ int run(const Options& options) {
     Deadline deadline(options.timeout_seconds);
 
     UniqueFd connection = connect_unix(options.name, deadline, "is the writer running? start it first", [&] {
-        say.say("waiting up to %s for a writer: start build/06-zero-copy/writer", seconds_text(deadline.seconds()).c_str());
+        say.say("waiting up to %s for a writer: start %s", seconds_text(deadline.seconds()).c_str(), sibling_program("writer").c_str());
     });
     say.say("socket(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC) = %d, connect(\"%s\") = 0", connection.get(),
             options.name.c_str());
