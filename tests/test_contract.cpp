@@ -629,6 +629,41 @@ void reader_stdout_closed(const Chapter& chapter) {
     check_place_empty(leaks, place);
 }
 
+/// The waiting hint names the peer program where it really is, as this program was started (the
+/// folder of its argv[0]), not where the build puts it: in chapter 05's VM the programs sit at
+/// 05-dma-buf/ in the image, and a hint saying build/05-dma-buf/reader names no file there. The
+/// pair is started through links in a folder of the test's own.
+void hints_name_the_peer_where_it_is(const Chapter& chapter) {
+    LeakCheck leaks;
+    Place place = chapter.make_place(leaks);
+    TempDir elsewhere;
+    for (const char* program : {"writer", "reader"})
+        REQUIRE(::symlink(binary(std::string(chapter.folder) + "/" + program).c_str(),
+                          elsewhere.file(program).c_str()) == 0);
+    const bool named = chapter.reader_for == named_reader;
+    {
+        ProcessGroup group;
+        std::vector<std::string> argv = writer_command(chapter, place, "1", {"unread"});
+        argv[0] = elsewhere.file("writer");
+        Process& writer = group.start("writer", argv);
+        group.wait(writer); // no reader comes: it gives up after 1 s
+        INFO("writer stderr:\n" << writer.err);
+        CHECK_THAT(writer.err, contains(named ? "start " + elsewhere.file("reader") : "    " + elsewhere.file("reader") + " --pid "));
+        CHECK_THAT(writer.err, !contains("build/" + std::string(chapter.folder) + "/reader"));
+        if (named) {
+            std::vector<std::string> reader_argv = chapter.reader_for(chapter, place, nullptr, "1", {});
+            reader_argv[0] = elsewhere.file("reader");
+            Process& reader = group.start("reader", reader_argv);
+            group.wait(reader); // no writer comes
+            INFO("reader stderr:\n" << reader.err);
+            CHECK_THAT(reader.err, contains("for a writer: start " + elsewhere.file("writer")));
+        }
+    }
+    ::unlink(elsewhere.file("writer").c_str());
+    ::unlink(elsewhere.file("reader").c_str());
+    check_place_empty(leaks, place);
+}
+
 } // namespace
 
 /// Runs `body` for `chapter`, or records the case as skipped where the chapter cannot run here.
@@ -658,7 +693,8 @@ void reader_stdout_closed(const Chapter& chapter) {
     CONTRACT_CASE_ANY_MACHINE(tag, chapter, "--help prints the usage on stdout and exits 0", help)                              \
     CONTRACT_CASE(tag, chapter, "a header with a wrong magic number is refused", corrupted_header)                 \
     CONTRACT_CASE(tag, chapter, "a writer whose stdin is closed sends nothing and fails", writer_stdin_closed)    \
-    CONTRACT_CASE(tag, chapter, "a reader whose stdout is closed fails, not reports success", reader_stdout_closed)
+    CONTRACT_CASE(tag, chapter, "a reader whose stdout is closed fails, not reports success", reader_stdout_closed) \
+    CONTRACT_CASE(tag, chapter, "the waiting hints name the peer program where it is", hints_name_the_peer_where_it_is)
 
 /// The cases of a pair whose reader finds the writer by a name: it may start first, and a
 /// crashed writer leaves a named object behind.
