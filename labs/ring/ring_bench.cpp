@@ -398,7 +398,12 @@ int run_pairs(const Settings& settings, const Narrator& say, bool two_cpus) {
     const std::uint64_t runs = 2ull * (settings.pairs + 1);
     const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     const auto ring_size = (static_cast<std::size_t>(ring::kControlSize + settings.capacity) + page - 1) / page * page;
-    const std::size_t size = kLayouts * ring_size + sizeof(RunReport) * (1 + runs);
+    // --pairs is at most 100000, so this fits in 64 bits; on a 32-bit system it may not fit a size_t.
+    const std::uint64_t wanted = kLayouts * std::uint64_t{ring_size} + sizeof(RunReport) * (1 + runs);
+    if (wanted > SIZE_MAX)
+        throw_error(ENOMEM, "mmap", "--pairs " + std::to_string(settings.pairs) + " needs " + std::to_string(wanted) +
+                                        " bytes, more than this system can map");
+    const auto size = static_cast<std::size_t>(wanted);
     void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED)
         throw_errno("mmap(MAP_SHARED|MAP_ANONYMOUS)");
