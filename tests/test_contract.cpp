@@ -636,6 +636,14 @@ void reader_stdout_closed(const Chapter& chapter) {
 /// 05-dma-buf/ in the image, and a hint saying build/05-dma-buf/reader names no file there. The
 /// pair is started through links in a folder of the test's own.
 void hints_name_the_peer_where_it_is(const Chapter& chapter) {
+    // ProcessGroup starts a program of the build folder through the emulator under qemu-user
+    // (make test-cross); these links sit outside it, so the emulator is named here. qemu-user
+    // hands the program the path it was given as argv[0], as the kernel does.
+    const auto through_link = [](std::vector<std::string> argv) {
+        if (const std::string qemu = emulator(); !qemu.empty())
+            argv.insert(argv.begin(), qemu);
+        return argv;
+    };
     LeakCheck leaks;
     Place place = chapter.make_place(leaks);
     TempDir elsewhere;
@@ -647,7 +655,7 @@ void hints_name_the_peer_where_it_is(const Chapter& chapter) {
         ProcessGroup group;
         std::vector<std::string> argv = writer_command(chapter, place, "1", {"unread"});
         argv[0] = elsewhere.file("writer");
-        Process& writer = group.start("writer", argv);
+        Process& writer = group.start("writer", through_link(argv));
         group.wait(writer); // no reader comes: it gives up after 1 s
         INFO("writer stderr:\n" << writer.err);
         CHECK_THAT(writer.err, contains(named ? "start " + elsewhere.file("reader") : "    " + elsewhere.file("reader") + " --pid "));
@@ -655,7 +663,7 @@ void hints_name_the_peer_where_it_is(const Chapter& chapter) {
         if (named) {
             std::vector<std::string> reader_argv = chapter.reader_for(chapter, place, nullptr, "1", {});
             reader_argv[0] = elsewhere.file("reader");
-            Process& reader = group.start("reader", reader_argv);
+            Process& reader = group.start("reader", through_link(reader_argv));
             group.wait(reader); // no writer comes
             INFO("reader stderr:\n" << reader.err);
             CHECK_THAT(reader.err, contains("for a writer: start " + elsewhere.file("writer")));
